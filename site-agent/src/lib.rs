@@ -1,0 +1,10 @@
+//! fedseg's site agent: everything that touches a hospital's images stays in this crate.
+
+pub mod augment;
+pub mod data;
+pub mod histogram;
+pub mod inspect;
+pub mod montage;
+pub mod nifti_io;
+pub mod preprocess;
+pub mod synth;

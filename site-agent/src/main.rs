@@ -1,0 +1,176 @@
+//! `site-agent`: the program a hospital runs. A thin layer over the `fedseg_site` library.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use fedseg_site::data::SiteConfig;
+use fedseg_site::synth::{synthesize, Modality, SynthOptions, CENTER_NAMES};
+
+#[derive(Parser)]
+#[command(name = "site-agent", version, about = "fedseg site agent: a hospital's data, model and training stay here")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModalityArg {
+    Lge,
+    Cine,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write synthetic multi-center LGE-MRI datasets, one folder per center with its site.toml.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated centers of the paper's Table 1.
+        #[arg(long, value_delimiter = ',', default_value = "emidec,mscmr,vh,stpau")]
+        centers: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        subjects: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "lge")]
+        modality: ModalityArg,
+        /// Skip the PNG montage of the domain shift.
+        #[arg(long)]
+        no_montage: bool,
+    },
+    /// Check a site's data before joining: subjects, geometry, label values, problems.
+    Inspect {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a PNG montage of sample slices and intensity histograms of several sites.
+    Show {
+        /// Site configs (site.toml), or folders holding one per center (as `synth` writes).
+        #[arg(required = true)]
+        sites: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Configs named directly, or the `*/site.toml` files inside folders.
+fn site_configs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            if p.join("site.toml").is_file() {
+                out.push(p.join("site.toml"));
+                continue;
+            }
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path().join("site.toml")))
+                .filter(|c| c.is_file())
+                .collect();
+            found.sort();
+            anyhow::ensure!(!found.is_empty(), "{}: no site.toml in it or its subfolders", p.display());
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Synth {
+            out,
+            centers,
+            subjects,
+            seed,
+            modality,
+            no_montage,
+        } => {
+            let opts = SynthOptions {
+                out: out.clone(),
+                centers,
+                subjects,
+                seed,
+                modality: match modality {
+                    ModalityArg::Lge => Modality::Lge,
+                    ModalityArg::Cine => Modality::Cine,
+                },
+            };
+            let started = std::time::Instant::now();
+            let summaries = synthesize(&opts)?;
+            println!(
+                "wrote {} centers × {} subjects in {:.1} s",
+                summaries.len(),
+                subjects,
+                started.elapsed().as_secs_f32()
+            );
+            println!(
+                "{:<8} {:>9} {:>6}  {:>15} {:>15} {:>15} {:>6}  config",
+                "center", "layout", "scar", "blood (rel)", "myocardium", "scar", "zeros"
+            );
+            for s in &summaries {
+                let f = |t: fedseg_site::synth::TissueStat| format!("{:.2}±{:.2}", t.mean, t.sd);
+                println!(
+                    "{:<8} {:>9} {:>6}  {:>15} {:>15} {:>15} {:>5.0}%  {}",
+                    s.center,
+                    s.layout.to_string(),
+                    format!("{}/{}", s.with_scar, s.subjects),
+                    f(s.blood_pool),
+                    f(s.myocardium),
+                    f(s.scar),
+                    s.zero_fraction * 100.0,
+                    s.dir.join("site.toml").display()
+                );
+            }
+            let summary_path = out.join("synth-summary.json");
+            std::fs::write(&summary_path, serde_json::to_string_pretty(&summaries)?)
+                .with_context(|| format!("writing {}", summary_path.display()))?;
+            if !no_montage {
+                let configs: Vec<PathBuf> = summaries.iter().map(|s| s.dir.join("site.toml")).collect();
+                let png = out.join("domain-shift.png");
+                let report = fedseg_site::montage::write_montage(&configs, &png)?;
+                println!("{report}");
+                println!("montage: {}", png.display());
+            }
+            let _ = CENTER_NAMES;
+            Ok(0)
+        }
+        Command::Inspect { config, json } => {
+            let cfg = SiteConfig::load(&config)?;
+            let report = fedseg_site::inspect::inspect(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.can_train { 0 } else { 2 })
+        }
+        Command::Show { sites, out } => {
+            let configs = site_configs(&sites)?;
+            let report = fedseg_site::montage::write_montage(&configs, &out)?;
+            println!("{report}");
+            println!("montage: {}", out.display());
+            Ok(0)
+        }
+    }
+}
