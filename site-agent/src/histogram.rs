@@ -113,7 +113,10 @@ pub struct HistogramReference {
 #[derive(Debug, thiserror::Error)]
 pub enum HistogramError {
     #[error("{path}: {reason}")]
-    Invalid { path: std::path::PathBuf, reason: String },
+    Invalid {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl HistogramReference {
@@ -136,7 +139,10 @@ impl HistogramReference {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.quantiles.len() < 2 {
-            return Err(format!("{} quantiles; at least 2 needed", self.quantiles.len()));
+            return Err(format!(
+                "{} quantiles; at least 2 needed",
+                self.quantiles.len()
+            ));
         }
         if self.quantiles.iter().any(|q| !q.is_finite()) {
             return Err("quantiles hold NaN or infinity".into());
@@ -153,7 +159,8 @@ impl HistogramReference {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let r: Self = serde_json::from_str(&text).map_err(|e| invalid(format!("not a histogram reference: {e}")))?;
+        let r: Self = serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("not a histogram reference: {e}")))?;
         r.validate().map_err(invalid)?;
         Ok(r)
     }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::labels::{LabelMap, BACKGROUND, BLOOD_POOL, MYOCARDIUM};
+use crate::data::labels::{BACKGROUND, BLOOD_POOL, LabelMap, MYOCARDIUM};
 use crate::data::split::Split;
-use crate::data::{discover, load_subject, DataError, Layout, Problem, SiteConfig};
+use crate::data::{DataError, Layout, Problem, SiteConfig, discover, load_subject};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelValueReport {
@@ -80,7 +80,11 @@ pub fn inspect(cfg: &SiteConfig) -> Result<InspectReport, DataError> {
             let slices_with_lv = s
                 .label
                 .as_ref()
-                .map(|l| l.axis_iter(ndarray::Axis(2)).filter(|z| z.iter().any(|&c| c != BACKGROUND)).count())
+                .map(|l| {
+                    l.axis_iter(ndarray::Axis(2))
+                        .filter(|z| z.iter().any(|&c| c != BACKGROUND))
+                        .count()
+                })
                 .unwrap_or(0);
             Ok(SubjectReport {
                 id: s.files.id.clone(),
@@ -142,7 +146,13 @@ pub fn inspect(cfg: &SiteConfig) -> Result<InspectReport, DataError> {
 
 impl std::fmt::Display for InspectReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "site {} — layout {} — {}", self.site, self.layout, self.root.display())?;
+        writeln!(
+            f,
+            "site {} — layout {} — {}",
+            self.site,
+            self.layout,
+            self.root.display()
+        )?;
         writeln!(
             f,
             "label map: background {:?}, blood_pool {:?}, myocardium {:?}",
@@ -164,7 +174,10 @@ impl std::fmt::Display for InspectReport {
                 "{:<14} {:>15} {:>20} {:>8} {:>19} {:>10}  {}",
                 s.id,
                 format!("{}×{}×{}", s.shape[0], s.shape[1], s.shape[2]),
-                format!("{:.2}×{:.2}×{:.2}", s.spacing_mm[0], s.spacing_mm[1], s.spacing_mm[2]),
+                format!(
+                    "{:.2}×{:.2}×{:.2}",
+                    s.spacing_mm[0], s.spacing_mm[1], s.spacing_mm[2]
+                ),
                 s.datatype,
                 format!("{:.0}..{:.0}", s.intensity_min, s.intensity_max),
                 format!("{}/{}", s.slices, s.slices_with_lv),
@@ -173,7 +186,11 @@ impl std::fmt::Display for InspectReport {
         }
         if let Some(split) = &self.split {
             let slices = |ids: &[String]| -> usize {
-                self.subjects.iter().filter(|s| ids.contains(&s.id)).map(|s| s.slices).sum()
+                self.subjects
+                    .iter()
+                    .filter(|s| ids.contains(&s.id))
+                    .map(|s| s.slices)
+                    .sum()
             };
             writeln!(
                 f,
@@ -189,7 +206,11 @@ impl std::fmt::Display for InspectReport {
         if self.problems.is_empty() {
             writeln!(f, "problems: none")?;
         } else {
-            writeln!(f, "problems ({}; these subjects are skipped):", self.problems.len())?;
+            writeln!(
+                f,
+                "problems ({}; these subjects are skipped):",
+                self.problems.len()
+            )?;
             for p in &self.problems {
                 writeln!(f, "  - {p}")?;
             }

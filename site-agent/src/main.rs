@@ -5,10 +5,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fedseg_site::data::SiteConfig;
-use fedseg_site::synth::{synthesize, Modality, SynthOptions, CENTER_NAMES};
+use fedseg_site::synth::{CENTER_NAMES, Modality, SynthOptions, synthesize};
 
 #[derive(Parser)]
-#[command(name = "site-agent", version, about = "fedseg site agent: a hospital's data, model and training stay here")]
+#[command(
+    name = "site-agent",
+    version,
+    about = "fedseg site agent: a hospital's data, model and training stay here"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,7 +91,11 @@ fn site_configs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter(|c| c.is_file())
                 .collect();
             found.sort();
-            anyhow::ensure!(!found.is_empty(), "{}: no site.toml in it or its subfolders", p.display());
+            anyhow::ensure!(
+                !found.is_empty(),
+                "{}: no site.toml in it or its subfolders",
+                p.display()
+            );
             out.extend(found);
         } else {
             out.push(p.clone());
@@ -146,7 +154,8 @@ fn run(cli: Cli) -> Result<i32> {
             std::fs::write(&summary_path, serde_json::to_string_pretty(&summaries)?)
                 .with_context(|| format!("writing {}", summary_path.display()))?;
             if !no_montage {
-                let configs: Vec<PathBuf> = summaries.iter().map(|s| s.dir.join("site.toml")).collect();
+                let configs: Vec<PathBuf> =
+                    summaries.iter().map(|s| s.dir.join("site.toml")).collect();
                 let png = out.join("domain-shift.png");
                 let report = fedseg_site::montage::write_montage(&configs, &png)?;
                 println!("{report}");

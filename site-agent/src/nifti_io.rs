@@ -65,7 +65,9 @@ impl NiftiIoError {
     /// What went wrong, without the path (for reports that show the path apart).
     pub fn reason(&self) -> String {
         match self {
-            NiftiIoError::Read { source, .. } | NiftiIoError::Write { source, .. } => source.to_string(),
+            NiftiIoError::Read { source, .. } | NiftiIoError::Write { source, .. } => {
+                source.to_string()
+            }
             NiftiIoError::Invalid { reason, .. } => reason.clone(),
         }
     }
@@ -88,24 +90,38 @@ pub fn read_volume(path: &Path) -> Result<Volume, NiftiIoError> {
     let header = NiftiHeader::from_file(path).map_err(read_err)?;
     let ndim = header.dim[0] as usize;
     if !(2..=7).contains(&ndim) {
-        return Err(invalid(path, format!("header dim[0] = {ndim}, expected 3 (or 4 with one frame)")));
+        return Err(invalid(
+            path,
+            format!("header dim[0] = {ndim}, expected 3 (or 4 with one frame)"),
+        ));
     }
     let dims: Vec<u64> = header.dim[1..=ndim].iter().map(|&d| d as u64).collect();
     if dims.contains(&0) {
-        return Err(invalid(path, format!("header has a zero-sized dimension {dims:?}")));
+        return Err(invalid(
+            path,
+            format!("header has a zero-sized dimension {dims:?}"),
+        ));
     }
     if ndim > 3 && dims[3..].iter().any(|&d| d != 1) {
         return Err(invalid(
             path,
-            format!("{ndim}D volume with dims {dims:?}: only 3D volumes or 4D with one frame are supported"),
+            format!(
+                "{ndim}D volume with dims {dims:?}: only 3D volumes or 4D with one frame are supported"
+            ),
         ));
     }
     if ndim < 3 {
-        return Err(invalid(path, format!("{ndim}D image: a volume needs 3 dimensions")));
+        return Err(invalid(
+            path,
+            format!("{ndim}D image: a volume needs 3 dimensions"),
+        ));
     }
     let voxels: u64 = dims.iter().product();
     if voxels > MAX_VOXELS {
-        return Err(invalid(path, format!("header announces {voxels} voxels, more than the {MAX_VOXELS} allowed")));
+        return Err(invalid(
+            path,
+            format!("header announces {voxels} voxels, more than the {MAX_VOXELS} allowed"),
+        ));
     }
     let datatype = header.data_type().map_err(read_err)?;
     if !matches!(
@@ -119,11 +135,17 @@ pub fn read_volume(path: &Path) -> Result<Volume, NiftiIoError> {
             | NiftiType::Float32
             | NiftiType::Float64
     ) {
-        return Err(invalid(path, format!("data type {datatype:?} is not supported for images or labels")));
+        return Err(invalid(
+            path,
+            format!("data type {datatype:?} is not supported for images or labels"),
+        ));
     }
     let spacing = [header.pixdim[1], header.pixdim[2], header.pixdim[3]];
     if spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-        return Err(invalid(path, format!("pixdim spacing {spacing:?} is not positive")));
+        return Err(invalid(
+            path,
+            format!("pixdim spacing {spacing:?} is not positive"),
+        ));
     }
 
     let obj = ReaderOptions::new().read_file(path).map_err(read_err)?;
@@ -199,7 +221,9 @@ pub fn write_volume<T: VoxelType>(
     };
     let mut options = WriterOptions::new(&tmp).reference_header(reference);
     if name.ends_with(".gz") {
-        options = options.compress(true).compression_level(flate2::Compression::fast());
+        options = options
+            .compress(true)
+            .compression_level(flate2::Compression::fast());
     } else {
         options = options.compress(false);
     }

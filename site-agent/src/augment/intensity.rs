@@ -14,7 +14,9 @@ pub const BRIGHTNESS_CONTRAST_LIMIT: f32 = 0.5;
 pub fn bilateral(p: &mut Plane<f32>, sigma_range: f32) {
     const R: isize = 2;
     let spatial: Vec<f32> = (-R..=R)
-        .flat_map(|dy| (-R..=R).map(move |dx| (-((dx * dx + dy * dy) as f32) / (2.0 * 1.5 * 1.5)).exp()))
+        .flat_map(|dy| {
+            (-R..=R).map(move |dx| (-((dx * dx + dy * dy) as f32) / (2.0 * 1.5 * 1.5)).exp())
+        })
         .collect();
     let inv_range = -1.0 / (2.0 * sigma_range * sigma_range);
     let src = p.clone();

@@ -46,7 +46,10 @@ impl Default for AugmentConfig {
 impl AugmentConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.probability) {
-            return Err(format!("augment.probability = {}: must lie in [0, 1]", self.probability));
+            return Err(format!(
+                "augment.probability = {}: must lie in [0, 1]",
+                self.probability
+            ));
         }
         Ok(())
     }

@@ -77,7 +77,13 @@ pub fn warp(image: &mut Plane<f32>, label: &mut Plane<u8>, w: Warp) {
     *label = out_l;
 }
 
-pub fn random_spatial<R: Rng>(p: f32, spacing_mm: f32, image: &mut Plane<f32>, label: &mut Plane<u8>, rng: &mut R) {
+pub fn random_spatial<R: Rng>(
+    p: f32,
+    spacing_mm: f32,
+    image: &mut Plane<f32>,
+    label: &mut Plane<u8>,
+    rng: &mut R,
+) {
     if rng.random::<f32>() < p {
         flip_horizontal(image);
         flip_horizontal(label);
@@ -99,7 +105,10 @@ pub fn random_spatial<R: Rng>(p: f32, spacing_mm: f32, image: &mut Plane<f32>, l
     }
     if rng.random::<f32>() < p {
         let max = MAX_CROP_SHIFT * image.width as f32;
-        shift = [rng.random_range(-max..=max).round(), rng.random_range(-max..=max).round()];
+        shift = [
+            rng.random_range(-max..=max).round(),
+            rng.random_range(-max..=max).round(),
+        ];
     }
     let w = Warp::new(angle, zoom, shift);
     if w != Warp::IDENTITY {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::DataError;
 use super::labels::LabelMap;
 use super::layout::Layout;
 use super::split::SplitSpec;
-use super::DataError;
 use crate::augment::AugmentConfig;
 use crate::preprocess::PreprocessConfig;
 

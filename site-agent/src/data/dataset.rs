@@ -5,12 +5,12 @@ use ndarray::Array3;
 use rayon::prelude::*;
 
 use super::labels::{LabelMap, LabelValues};
-use super::layout::{discover, SubjectFiles};
+use super::layout::{SubjectFiles, discover};
 use super::problem::Problem;
 use super::split::{Part, Split};
 use super::{DataError, SiteConfig};
-use crate::nifti_io::{read_volume, Volume};
-use crate::preprocess::{prepare_image, prepare_label, Plane, PreprocessConfig};
+use crate::nifti_io::{Volume, read_volume};
+use crate::preprocess::{Plane, PreprocessConfig, prepare_image, prepare_label};
 
 /// One subject as read from disk, labels mapped to {0, 1, 2}.
 #[derive(Debug, Clone)]
@@ -23,16 +23,27 @@ pub struct Subject {
 }
 
 fn spacing_matches(a: [f32; 3], b: [f32; 3]) -> bool {
-    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-3 * x.abs().max(y.abs()).max(1e-6))
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x - y).abs() <= 1e-3 * x.abs().max(y.abs()).max(1e-6))
 }
 
 /// Reads one subject. With `require_label`, a subject without a label file is a problem.
-pub fn load_subject(files: &SubjectFiles, map: &LabelMap, require_label: bool) -> Result<Subject, Problem> {
+pub fn load_subject(
+    files: &SubjectFiles,
+    map: &LabelMap,
+    require_label: bool,
+) -> Result<Subject, Problem> {
     let id = files.id.as_str();
-    let image = read_volume(&files.image).map_err(|e| Problem::subject(id, &files.image, e.reason()))?;
+    let image =
+        read_volume(&files.image).map_err(|e| Problem::subject(id, &files.image, e.reason()))?;
     let Some(label_path) = &files.label else {
         if require_label {
-            return Err(Problem::subject(id, &files.image, "no label file found for this image"));
+            return Err(Problem::subject(
+                id,
+                &files.image,
+                "no label file found for this image",
+            ));
         }
         return Ok(Subject {
             files: files.clone(),
@@ -58,7 +69,10 @@ pub fn load_subject(files: &SubjectFiles, map: &LabelMap, require_label: bool) -
     }
     let values = LabelValues::of(raw.data.iter().copied());
     if values.non_integer > 0 {
-        return Err(label_problem(format!("{} label voxels are not integers", values.non_integer)));
+        return Err(label_problem(format!(
+            "{} label voxels are not integers",
+            values.non_integer
+        )));
     }
     let unmapped = values.unmapped(map);
     if !unmapped.is_empty() {
@@ -129,7 +143,9 @@ pub fn prepare_site(cfg: &SiteConfig, require_labels: bool) -> Result<PreparedSi
     let results: Vec<Result<PreparedSubject, Problem>> = found
         .subjects
         .par_iter()
-        .map(|files| load_subject(files, &map, require_labels).map(|s| prepare_subject(&s, &cfg.preprocess)))
+        .map(|files| {
+            load_subject(files, &map, require_labels).map(|s| prepare_subject(&s, &cfg.preprocess))
+        })
         .collect();
     let mut problems = found.problems;
     let mut subjects = Vec::new();

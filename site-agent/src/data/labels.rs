@@ -70,12 +70,16 @@ impl LabelMap {
                 if let Some(other) = seen.insert(v, name)
                     && other != name
                 {
-                    return Err(format!("label value {v} is listed under both {other} and {name}"));
+                    return Err(format!(
+                        "label value {v} is listed under both {other} and {name}"
+                    ));
                 }
             }
         }
         if self.blood_pool.is_empty() || self.myocardium.is_empty() {
-            return Err("label map needs at least one value for blood_pool and for myocardium".into());
+            return Err(
+                "label map needs at least one value for blood_pool and for myocardium".into(),
+            );
         }
         Ok(())
     }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::problem::Problem;
 use super::DataError;
+use super::problem::Problem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,7 +47,9 @@ const NIFTI_EXTENSIONS: [&str; 2] = [".nii.gz", ".nii"];
 
 /// The name without its NIfTI extension, if it has one.
 fn nifti_stem(name: &str) -> Option<&str> {
-    NIFTI_EXTENSIONS.iter().find_map(|ext| name.strip_suffix(ext))
+    NIFTI_EXTENSIONS
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
 }
 
 /// `dir/stem.nii.gz` or `dir/stem.nii`, whichever exists.
@@ -111,7 +113,11 @@ fn discover_emidec(root: &Path) -> Result<Discovery, DataError> {
             continue;
         };
         let label = find_nifti(&path.join("Contours"), &name);
-        out.subjects.push(SubjectFiles { id: name, image, label });
+        out.subjects.push(SubjectFiles {
+            id: name,
+            image,
+            label,
+        });
     }
     Ok(out)
 }
@@ -120,7 +126,9 @@ fn discover_mscmr(root: &Path) -> Result<Discovery, DataError> {
     let mut out = Discovery::default();
     let entries = list_dir(root)?;
     for (name, path) in &entries {
-        let Some(stem) = nifti_stem(name) else { continue };
+        let Some(stem) = nifti_stem(name) else {
+            continue;
+        };
         if !stem.starts_with("patient") {
             continue;
         }
@@ -134,7 +142,8 @@ fn discover_mscmr(root: &Path) -> Result<Discovery, DataError> {
         } else if let Some(image_stem) = stem.strip_suffix("_manual")
             && find_nifti(root, image_stem).is_none()
         {
-            out.problems.push(Problem::subject(image_stem, path, "label without an image"));
+            out.problems
+                .push(Problem::subject(image_stem, path, "label without an image"));
         }
     }
     Ok(out)
@@ -148,7 +157,9 @@ fn discover_generic(root: &Path) -> Result<Discovery, DataError> {
         return Err(DataError::MissingDataDir(images));
     }
     for (name, path) in list_dir(&images)? {
-        let Some(stem) = nifti_stem(&name) else { continue };
+        let Some(stem) = nifti_stem(&name) else {
+            continue;
+        };
         let label = find_nifti(&labels, stem);
         out.subjects.push(SubjectFiles {
             id: stem.to_string(),
@@ -158,9 +169,12 @@ fn discover_generic(root: &Path) -> Result<Discovery, DataError> {
     }
     if labels.is_dir() {
         for (name, path) in list_dir(&labels)? {
-            let Some(stem) = nifti_stem(&name) else { continue };
+            let Some(stem) = nifti_stem(&name) else {
+                continue;
+            };
             if find_nifti(&images, stem).is_none() {
-                out.problems.push(Problem::subject(stem, &path, "label without an image"));
+                out.problems
+                    .push(Problem::subject(stem, &path, "label without an image"));
             }
         }
     }

@@ -10,9 +10,9 @@ pub mod split;
 use std::path::PathBuf;
 
 pub use config::SiteConfig;
-pub use dataset::{load_subject, prepare_site, PreparedSite, PreparedSubject, Subject};
+pub use dataset::{PreparedSite, PreparedSubject, Subject, load_subject, prepare_site};
 pub use labels::LabelMap;
-pub use layout::{discover, Layout, SubjectFiles};
+pub use layout::{Layout, SubjectFiles, discover};
 pub use problem::Problem;
 pub use split::{Part, Split, SplitSpec};
 

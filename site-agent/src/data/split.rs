@@ -127,7 +127,9 @@ impl SplitSpec {
             ));
         }
         if n_train == 0 {
-            return Err(format!("split leaves no training subject (site has {total})"));
+            return Err(format!(
+                "split leaves no training subject (site has {total})"
+            ));
         }
         let used = ((self.train_fraction * n_train as f64).round() as usize).clamp(1, n_train);
         let ids = |r: std::ops::Range<usize>| order[r].iter().map(|s| (*s).clone()).collect();

@@ -19,7 +19,11 @@ impl Canvas {
         for _ in 0..width * height {
             pixels.extend_from_slice(&background);
         }
-        Self { width, height, pixels }
+        Self {
+            width,
+            height,
+            pixels,
+        }
     }
 
     pub fn put(&mut self, x: usize, y: usize, c: Rgb) {
@@ -65,11 +69,14 @@ impl Canvas {
 
     pub fn save_png(&self, path: &Path) -> std::io::Result<()> {
         let file = std::fs::File::create(path)?;
-        let mut enc = png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
+        let mut enc =
+            png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-        writer.write_image_data(&self.pixels).map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(&self.pixels)
+            .map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)
     }
 }

@@ -50,7 +50,11 @@ const GLYPHS: &[(char, [u8; 7])] = &[
 /// Rows of a character (lower case drawn as upper case); unknown characters are blank.
 pub fn glyph(c: char) -> [u8; 7] {
     let c = c.to_ascii_uppercase();
-    GLYPHS.iter().find(|(g, _)| *g == c).map(|(_, rows)| *rows).unwrap_or([0; 7])
+    GLYPHS
+        .iter()
+        .find(|(g, _)| *g == c)
+        .map(|(_, rows)| *rows)
+        .unwrap_or([0; 7])
 }
 
 /// Width in pixels of `text` at `scale`.

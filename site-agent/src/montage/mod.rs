@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use self::canvas::{Canvas, Rgb};
 use crate::data::labels::BACKGROUND;
-use crate::data::{prepare_site, DataError, PreparedSite, SiteConfig};
-use crate::histogram::{wasserstein, Histogram, REFERENCE_LEVELS};
+use crate::data::{DataError, PreparedSite, SiteConfig, prepare_site};
+use crate::histogram::{Histogram, REFERENCE_LEVELS, wasserstein};
 use crate::preprocess::Plane;
 
 const COLORS: [Rgb; 6] = [
@@ -52,14 +52,21 @@ pub struct ShiftReport {
 
 impl std::fmt::Display for ShiftReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "normalised intensity p5/p50/p95 and W1 distance between sites:")?;
+        writeln!(
+            f,
+            "normalised intensity p5/p50/p95 and W1 distance between sites:"
+        )?;
         write!(f, "{:<10} {:>17}", "site", "p5/p50/p95")?;
         for s in &self.sites {
             write!(f, " {s:>8}")?;
         }
         for (i, s) in self.sites.iter().enumerate() {
             let p = self.percentiles[i];
-            write!(f, "\n{s:<10} {:>17}", format!("{:.2}/{:.2}/{:.2}", p[0], p[1], p[2]))?;
+            write!(
+                f,
+                "\n{s:<10} {:>17}",
+                format!("{:.2}/{:.2}/{:.2}", p[0], p[1], p[2])
+            )?;
             for d in &self.distance[i] {
                 write!(f, " {d:>8.3}")?;
             }
@@ -96,15 +103,29 @@ fn draw_slice(c: &mut Canvas, x0: usize, y0: usize, image: &Plane<f32>, label: O
                 .iter()
                 .any(|(dx, dy)| l.get_or(x as isize + dx, y as isize + dy, BACKGROUND) != v);
             if edge {
-                c.put(x0 + x, y0 + y, if v == 1 { [255, 60, 60] } else { [60, 255, 60] });
+                c.put(
+                    x0 + x,
+                    y0 + y,
+                    if v == 1 { [255, 60, 60] } else { [60, 255, 60] },
+                );
             }
         }
     }
 }
 
-fn draw_histogram(c: &mut Canvas, x0: usize, y0: usize, w: usize, h: usize, density: &[f32], color: Rgb, filled: bool) {
+/// Where a panel sits on the canvas.
+#[derive(Clone, Copy)]
+struct Panel {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+fn draw_histogram(c: &mut Canvas, panel: Panel, density: &[f32], color: Rgb, filled: bool) {
     // Scale to the tallest bin but the first: zeroed backgrounds would flatten everything else.
     let top = density.iter().skip(1).copied().fold(1e-9f32, f32::max);
+    let Panel { x: x0, y: y0, w, h } = panel;
     let bw = w as f32 / density.len() as f32;
     let mut prev: Option<(f32, f32)> = None;
     for (i, &d) in density.iter().enumerate() {
@@ -143,7 +164,10 @@ pub fn write_montage(configs: &[PathBuf], out: &Path) -> Result<ShiftReport, Mon
             h
         })
         .collect();
-    let quantiles: Vec<Vec<f32>> = hists.iter().map(|h| h.quantiles(REFERENCE_LEVELS)).collect();
+    let quantiles: Vec<Vec<f32>> = hists
+        .iter()
+        .map(|h| h.quantiles(REFERENCE_LEVELS))
+        .collect();
     let report = ShiftReport {
         sites: sites.iter().map(|s| s.name.clone()).collect(),
         percentiles: hists
@@ -171,29 +195,69 @@ pub fn write_montage(configs: &[PathBuf], out: &Path) -> Result<ShiftReport, Mon
     let overlay_h = 180;
     let height = 40 + sites.len() * row_h + overlay_h + 40 + 20 * (sites.len() + 1);
     let mut c = Canvas::new(width, height, [18, 18, 24]);
-    c.text(gap, 10, "DOMAIN SHIFT: SLICES (BLOOD POOL RED, MYOCARDIUM GREEN), HISTOGRAMS", 2, [230, 230, 230]);
+    c.text(
+        gap,
+        10,
+        "DOMAIN SHIFT: SLICES (BLOOD POOL RED, MYOCARDIUM GREEN), HISTOGRAMS",
+        2,
+        [230, 230, 230],
+    );
     for (r, site) in sites.iter().enumerate() {
         let y0 = 40 + r * row_h;
         let color = COLORS[r % COLORS.len()];
         c.rect(0, y0, 6, tile, color);
         c.text(12, y0 + tile / 2 - 7, &site.name, 2, color);
         for (k, subj) in site.subjects.iter().take(SAMPLES).enumerate() {
-            let z = subj.labels.as_deref().map(most_lv_slice).unwrap_or(subj.slices.len() / 2);
+            let z = subj
+                .labels
+                .as_deref()
+                .map(most_lv_slice)
+                .unwrap_or(subj.slices.len() / 2);
             let x0 = name_w + k * (tile + gap);
             if let Some(image) = subj.slices.get(z) {
-                draw_slice(&mut c, x0, y0, image, subj.labels.as_ref().and_then(|l| l.get(z)));
+                draw_slice(
+                    &mut c,
+                    x0,
+                    y0,
+                    image,
+                    subj.labels.as_ref().and_then(|l| l.get(z)),
+                );
             }
         }
         let hx = name_w + SAMPLES * (tile + gap);
         c.rect(hx, y0, hist_w, tile, [34, 34, 44]);
-        draw_histogram(&mut c, hx, y0, hist_w, tile, &hists[r].density(HIST_BINS), color, true);
+        let panel = Panel {
+            x: hx,
+            y: y0,
+            w: hist_w,
+            h: tile,
+        };
+        draw_histogram(&mut c, panel, &hists[r].density(HIST_BINS), color, true);
     }
     let oy = 40 + sites.len() * row_h + 10;
     let ow = width - 2 * gap;
-    c.text(gap, oy, "ALL CENTERS: NORMALISED INTENSITY 0 TO 1", 2, [230, 230, 230]);
+    c.text(
+        gap,
+        oy,
+        "ALL CENTERS: NORMALISED INTENSITY 0 TO 1",
+        2,
+        [230, 230, 230],
+    );
     c.rect(gap, oy + 20, ow, overlay_h - 20, [34, 34, 44]);
     for (r, h) in hists.iter().enumerate() {
-        draw_histogram(&mut c, gap, oy + 20, ow, overlay_h - 20, &h.density(HIST_BINS), COLORS[r % COLORS.len()], false);
+        let panel = Panel {
+            x: gap,
+            y: oy + 20,
+            w: ow,
+            h: overlay_h - 20,
+        };
+        draw_histogram(
+            &mut c,
+            panel,
+            &h.density(HIST_BINS),
+            COLORS[r % COLORS.len()],
+            false,
+        );
     }
     let ty = oy + overlay_h + 10;
     c.text(gap, ty, "W1 DISTANCE BETWEEN CENTERS", 2, [230, 230, 230]);

@@ -29,10 +29,16 @@ impl Default for PreprocessConfig {
 impl PreprocessConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.spacing_mm.is_finite() && self.spacing_mm > 0.05 && self.spacing_mm < 20.0) {
-            return Err(format!("preprocess.spacing_mm = {}: expected a spacing in (0.05, 20) mm", self.spacing_mm));
+            return Err(format!(
+                "preprocess.spacing_mm = {}: expected a spacing in (0.05, 20) mm",
+                self.spacing_mm
+            ));
         }
         if !(8..=2048).contains(&self.size) {
-            return Err(format!("preprocess.size = {}: expected 8..=2048 pixels", self.size));
+            return Err(format!(
+                "preprocess.size = {}: expected 8..=2048 pixels",
+                self.size
+            ));
         }
         Ok(())
     }
@@ -85,15 +91,23 @@ pub fn resample_centered<T: Copy>(
 
 /// Images: linear interpolation, padded with the volume's minimum so that padding does not
 /// change the min-max range; then normalised to [0, 1] over the cropped volume.
-pub fn prepare_image(volume: &Array3<f32>, spacing: [f32; 3], cfg: &PreprocessConfig) -> Vec<Plane<f32>> {
+pub fn prepare_image(
+    volume: &Array3<f32>,
+    spacing: [f32; 3],
+    cfg: &PreprocessConfig,
+) -> Vec<Plane<f32>> {
     let fill = volume.iter().copied().fold(f32::INFINITY, f32::min);
     let fill = if fill.is_finite() { fill } else { 0.0 };
     let mut slices: Vec<Plane<f32>> = (0..volume.dim().2)
         .map(|z| {
             let s = slice_of(volume, z);
-            resample_centered(&s, [spacing[0], spacing[1]], cfg.spacing_mm, cfg.size, |p, x, y| {
-                p.sample_linear(x, y, fill)
-            })
+            resample_centered(
+                &s,
+                [spacing[0], spacing[1]],
+                cfg.spacing_mm,
+                cfg.size,
+                |p, x, y| p.sample_linear(x, y, fill),
+            )
         })
         .collect();
     normalise_min_max(&mut slices);
@@ -101,23 +115,33 @@ pub fn prepare_image(volume: &Array3<f32>, spacing: [f32; 3], cfg: &PreprocessCo
 }
 
 /// Labels: nearest neighbour, padded with background.
-pub fn prepare_label(volume: &Array3<u8>, spacing: [f32; 3], cfg: &PreprocessConfig) -> Vec<Plane<u8>> {
+pub fn prepare_label(
+    volume: &Array3<u8>,
+    spacing: [f32; 3],
+    cfg: &PreprocessConfig,
+) -> Vec<Plane<u8>> {
     (0..volume.dim().2)
         .map(|z| {
             let s = slice_of(volume, z);
-            resample_centered(&s, [spacing[0], spacing[1]], cfg.spacing_mm, cfg.size, |p, x, y| {
-                p.sample_nearest(x, y, 0)
-            })
+            resample_centered(
+                &s,
+                [spacing[0], spacing[1]],
+                cfg.spacing_mm,
+                cfg.size,
+                |p, x, y| p.sample_nearest(x, y, 0),
+            )
         })
         .collect()
 }
 
 /// Min-max over all slices of one volume, so slices keep their relative brightness.
 pub fn normalise_min_max(slices: &mut [Plane<f32>]) {
-    let (lo, hi) = slices.iter().map(Plane::min_max).fold(
-        (f32::INFINITY, f32::NEG_INFINITY),
-        |(a, b), (c, d)| (a.min(c), b.max(d)),
-    );
+    let (lo, hi) = slices
+        .iter()
+        .map(Plane::min_max)
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), (c, d)| {
+            (a.min(c), b.max(d))
+        });
     let range = hi - lo;
     for s in slices.iter_mut() {
         for v in s.data.iter_mut() {

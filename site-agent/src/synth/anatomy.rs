@@ -29,17 +29,41 @@ struct Ellipse {
     cy: f32,
     ax: f32,
     ay: f32,
-    /// Rotation (radians).
-    rot: f32,
+    /// Sine and cosine of the rotation, computed once: `norm` runs millions of times.
+    sin: f32,
+    cos: f32,
 }
 
 impl Ellipse {
+    fn new(cx: f32, cy: f32, ax: f32, ay: f32, rot: f32) -> Self {
+        let (sin, cos) = rot.sin_cos();
+        Self {
+            cx,
+            cy,
+            ax,
+            ay,
+            sin,
+            cos,
+        }
+    }
+
+    /// With the rotation given as sine and cosine.
+    fn rotated(cx: f32, cy: f32, ax: f32, ay: f32, (sin, cos): (f32, f32)) -> Self {
+        Self {
+            cx,
+            cy,
+            ax,
+            ay,
+            sin,
+            cos,
+        }
+    }
+
     /// < 1 inside, 1 on the border.
     fn norm(&self, x: f32, y: f32) -> f32 {
-        let (s, c) = self.rot.sin_cos();
         let (dx, dy) = (x - self.cx, y - self.cy);
-        let u = c * dx + s * dy;
-        let v = -s * dx + c * dy;
+        let u = self.cos * dx + self.sin * dy;
+        let v = -self.sin * dx + self.cos * dy;
         ((u / self.ax).powi(2) + (v / self.ay).powi(2)).sqrt()
     }
     fn contains(&self, x: f32, y: f32) -> bool {
@@ -67,14 +91,14 @@ pub struct Anatomy {
     /// Drift of the LV centre per mm along the long axis (the long axis is not exactly
     /// perpendicular to the slices).
     tilt: [f32; 2],
-    lv_rot: f32,
+    lv_sin_cos: (f32, f32),
     ecc: f32,
     pub r_endo_mm: f32,
     pub wall_mm: f32,
     /// z of the LV base and the LV length to the epicardial apex.
     pub base_z: f32,
     pub length_mm: f32,
-    rv_angle: f32,
+    rv_sin_cos: (f32, f32),
     rv_width: f32,
     body: Ellipse,
     fat_mm: f32,
@@ -99,35 +123,37 @@ impl Anatomy {
         // The body fills most of the field of view, as in a cardiac scan.
         let body_ax = (fov[0] * rng.random_range(0.42..0.5)).max(120.0);
         let body_ay = (fov[1] * rng.random_range(0.32..0.4)).max(90.0);
-        let body = Ellipse {
-            cx: -heart[0] * 0.5,
-            cy: rng.random_range(-5.0..5.0),
-            ax: body_ax,
-            ay: body_ay,
-            rot: rng.random_range(-0.08..0.08),
-        };
-        let lung = |side: f32, rng: &mut R| Ellipse {
-            cx: heart[0] + side * rng.random_range(60.0..80.0),
-            cy: heart[1] + rng.random_range(-10.0..10.0),
-            ax: rng.random_range(35.0..50.0),
-            ay: rng.random_range(55.0..75.0),
-            rot: side * rng.random_range(0.1..0.4),
+        let body = Ellipse::new(
+            -heart[0] * 0.5,
+            rng.random_range(-5.0..5.0),
+            body_ax,
+            body_ay,
+            rng.random_range(-0.08..0.08),
+        );
+        let lung = |side: f32, rng: &mut R| {
+            Ellipse::new(
+                heart[0] + side * rng.random_range(60.0..80.0),
+                heart[1] + rng.random_range(-10.0..10.0),
+                rng.random_range(35.0..50.0),
+                rng.random_range(55.0..75.0),
+                side * rng.random_range(0.1..0.4),
+            )
         };
         let lungs = [lung(-1.0, rng), lung(1.0, rng)];
-        let liver = Ellipse {
-            cx: heart[0] - rng.random_range(40.0..70.0),
-            cy: heart[1] + rng.random_range(40.0..60.0),
-            ax: rng.random_range(60.0..90.0),
-            ay: rng.random_range(40.0..60.0),
-            rot: rng.random_range(-0.3..0.3),
-        };
-        let aorta = Ellipse {
-            cx: heart[0] + rng.random_range(20.0..35.0),
-            cy: heart[1] + rng.random_range(45.0..60.0),
-            ax: 11.0,
-            ay: 11.0,
-            rot: 0.0,
-        };
+        let liver = Ellipse::new(
+            heart[0] - rng.random_range(40.0..70.0),
+            heart[1] + rng.random_range(40.0..60.0),
+            rng.random_range(60.0..90.0),
+            rng.random_range(40.0..60.0),
+            rng.random_range(-0.3..0.3),
+        );
+        let aorta = Ellipse::new(
+            heart[0] + rng.random_range(20.0..35.0),
+            heart[1] + rng.random_range(45.0..60.0),
+            11.0,
+            11.0,
+            0.0,
+        );
         let scar = (rng.random::<f32>() < scar_share).then(|| {
             let from = rng.random_range(0.0..0.5) * length;
             let to = (from + rng.random_range(0.3..0.7) * length).min(length);
@@ -143,13 +169,13 @@ impl Anatomy {
         Anatomy {
             heart,
             tilt: [rng.random_range(-0.15..0.15), rng.random_range(-0.15..0.15)],
-            lv_rot,
+            lv_sin_cos: lv_rot.sin_cos(),
             ecc: rng.random_range(0.82..1.0),
             r_endo_mm: r_endo,
             wall_mm: wall,
             base_z,
             length_mm: length,
-            rv_angle,
+            rv_sin_cos: rv_angle.sin_cos(),
             rv_width: rng.random_range(12.0..22.0),
             body,
             fat_mm: rng.random_range(6.0..16.0),
@@ -176,13 +202,7 @@ impl Anatomy {
         let r_epi = self.r_endo_mm + self.wall_mm;
         if (0.0..self.length_mm).contains(&d) {
             let fe = (1.0 - (d / self.length_mm).powi(2)).max(0.0).sqrt();
-            let epi = Ellipse {
-                cx: hx,
-                cy: hy,
-                ax: r_epi * fe,
-                ay: r_epi * self.ecc * fe,
-                rot: self.lv_rot,
-            };
+            let epi = Ellipse::rotated(hx, hy, r_epi * fe, r_epi * self.ecc * fe, self.lv_sin_cos);
             let s_e = epi.norm(x, y);
             if s_e < 1.0 {
                 return self.lv_tissue(x, y, d, hx, hy, s_e);
@@ -190,28 +210,28 @@ impl Anatomy {
             // Right ventricle: a crescent against the septum, shorter than the LV.
             if d < self.length_mm * 0.8 {
                 let f = (1.0 - (d / (self.length_mm * 0.8)).powi(2)).max(0.0).sqrt();
-                let (s, c) = self.rv_angle.sin_cos();
+                let (s, c) = self.rv_sin_cos;
                 let off = r_epi * fe + self.rv_width * 0.35 * f;
-                let rv = Ellipse {
-                    cx: hx + c * off,
-                    cy: hy + s * off,
-                    ax: self.rv_width * 0.7 * f,
-                    ay: r_epi * 1.5 * f,
-                    rot: self.rv_angle,
-                };
+                let rv = Ellipse::rotated(
+                    hx + c * off,
+                    hy + s * off,
+                    self.rv_width * 0.7 * f,
+                    r_epi * 1.5 * f,
+                    self.rv_sin_cos,
+                );
                 if rv.contains(x, y) {
                     return Tissue::RvBlood;
                 }
             }
         } else if d < 0.0 && d > -25.0 {
             // Above the base: the left atrium, bright blood that is not LV.
-            let la = Ellipse {
-                cx: hx,
-                cy: hy,
-                ax: self.r_endo_mm * 1.1,
-                ay: self.r_endo_mm * 0.9,
-                rot: self.lv_rot,
-            };
+            let la = Ellipse::rotated(
+                hx,
+                hy,
+                self.r_endo_mm * 1.1,
+                self.r_endo_mm * 0.9,
+                self.lv_sin_cos,
+            );
             if la.contains(x, y) {
                 return Tissue::Vessel;
             }
@@ -236,14 +256,18 @@ impl Anatomy {
         } else {
             0.0
         };
-        let endo = Ellipse {
-            cx: hx,
-            cy: hy,
-            ax: (self.r_endo_mm * fi).max(1e-3),
-            ay: (self.r_endo_mm * self.ecc * fi).max(1e-3),
-            rot: self.lv_rot,
+        let endo = Ellipse::rotated(
+            hx,
+            hy,
+            (self.r_endo_mm * fi).max(1e-3),
+            (self.r_endo_mm * self.ecc * fi).max(1e-3),
+            self.lv_sin_cos,
+        );
+        let s_i = if fi > 0.0 {
+            endo.norm(x, y)
+        } else {
+            f32::INFINITY
         };
-        let s_i = if fi > 0.0 { endo.norm(x, y) } else { f32::INFINITY };
         if s_i < 1.0 {
             return Tissue::LvBlood;
         }
@@ -253,7 +277,7 @@ impl Anatomy {
         if !(scar.from_mm..scar.to_mm).contains(&d) {
             return Tissue::Myocardium;
         }
-        let (s, c) = self.lv_rot.sin_cos();
+        let (s, c) = self.lv_sin_cos;
         let (dx, dy) = (x - hx, y - hy);
         let angle = (-s * dx + c * dy).atan2(c * dx + s * dy);
         let mut delta = (angle - scar.angle).abs() % (2.0 * PI);

@@ -14,15 +14,15 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use self::anatomy::{Anatomy, Tissue};
-use self::centers::{profile, CenterProfile, Encoding};
-pub use self::centers::{Modality, CENTER_NAMES};
-use self::render::{render, Acquisition};
+pub use self::centers::{CENTER_NAMES, Modality};
+use self::centers::{CenterProfile, Encoding, profile};
+use self::render::{Acquisition, render};
 use crate::augment::AugmentConfig;
 use crate::data::config::{DataSection, SiteSection};
 use crate::data::layout::subject_paths;
 use crate::data::split::{Amount, SplitSpec};
 use crate::data::{Layout, SiteConfig};
-use crate::nifti_io::{header_with_spacing, write_volume, NiftiIoError};
+use crate::nifti_io::{NiftiIoError, header_with_spacing, write_volume};
 use crate::preprocess::PreprocessConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,13 @@ fn subject_seed(seed: u64, center: usize, subject: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((center as u64) << 32 | subject as u64)
 }
 
-fn write_subject(p: &CenterProfile, dir: &Path, center_index: usize, index: usize, opts: &SynthOptions) -> Result<SubjectStats, SynthError> {
+fn write_subject(
+    p: &CenterProfile,
+    dir: &Path,
+    center_index: usize,
+    index: usize,
+    opts: &SynthOptions,
+) -> Result<SubjectStats, SynthError> {
     let mut rng = ChaCha8Rng::seed_from_u64(subject_seed(opts.seed, center_index, index));
     let acq = Acquisition::random(p, &mut rng);
     let extent = acq.shape[2] as f32 * acq.spacing[2];
@@ -145,7 +151,10 @@ fn write_subject(p: &CenterProfile, dir: &Path, center_index: usize, index: usiz
     let has_scar = anatomy.scar.is_some() && r.tissue.iter().any(|t| *t == Tissue::Scar);
     let id = subject_id(p.layout, p.name, index, anatomy.scar.is_some());
     let (image_path, label_path) = subject_paths(p.layout, dir, &id);
-    for parent in [image_path.parent(), label_path.parent()].into_iter().flatten() {
+    for parent in [image_path.parent(), label_path.parent()]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let origin = [
@@ -162,7 +171,9 @@ fn write_subject(p: &CenterProfile, dir: &Path, center_index: usize, index: usiz
         header.srow_z = [0.0, 0.0, 1.0, 0.0];
     }
     match p.encoding {
-        Encoding::PhaseSensitive12Bit { .. } | Encoding::MagnitudeUint16 => write_volume::<u16>(&image_path, &r.image, &header)?,
+        Encoding::PhaseSensitive12Bit { .. } | Encoding::MagnitudeUint16 => {
+            write_volume::<u16>(&image_path, &r.image, &header)?
+        }
         Encoding::MagnitudeInt16 { .. } => write_volume::<i16>(&image_path, &r.image, &header)?,
         Encoding::MagnitudeFloat32 => write_volume::<f32>(&image_path, &r.image, &header)?,
     }
@@ -203,7 +214,9 @@ pub fn site_config(center: &str, layout: Layout, subjects: usize) -> SiteConfig 
     let test = ((subjects as f64 * 0.25).round() as usize).max(1);
     let val = ((subjects as f64 * 0.15).round() as usize).max(1);
     SiteConfig {
-        site: SiteSection { name: center.to_string() },
+        site: SiteSection {
+            name: center.to_string(),
+        },
         data: DataSection {
             root: PathBuf::from("."),
             layout,
@@ -233,7 +246,8 @@ pub fn synthesize(opts: &SynthOptions) -> Result<Vec<CenterSummary>, SynthError>
             .position(|c| c == name)
             .ok_or_else(|| SynthError::UnknownCenter(name.clone()))?;
         // `profile` knows every name in CENTER_NAMES.
-        let p = profile(name, opts.modality).ok_or_else(|| SynthError::UnknownCenter(name.clone()))?;
+        let p =
+            profile(name, opts.modality).ok_or_else(|| SynthError::UnknownCenter(name.clone()))?;
         profiles.push((index, p));
     }
     let jobs: Vec<(usize, usize)> = (0..profiles.len())
@@ -254,7 +268,11 @@ pub fn synthesize(opts: &SynthOptions) -> Result<Vec<CenterSummary>, SynthError>
     for (c, (_, p)) in profiles.iter().enumerate() {
         let dir = opts.out.join(p.name);
         let cfg_path = dir.join("site.toml");
-        std::fs::write(&cfg_path, site_config(p.name, p.layout, opts.subjects).to_toml()).map_err(io_err(&cfg_path))?;
+        std::fs::write(
+            &cfg_path,
+            site_config(p.name, p.layout, opts.subjects).to_toml(),
+        )
+        .map_err(io_err(&cfg_path))?;
         let stats = per_center.remove(&c).unwrap_or_default();
         let (mut blood, mut myo, mut scar) = (Acc::default(), Acc::default(), Acc::default());
         let (mut zeros, mut voxels) = (0, 0);

@@ -9,8 +9,11 @@ use super::centers::{CenterProfile, Encoding};
 use crate::augment::standard_normal;
 use crate::data::Layout;
 
-/// Sub-slice samples averaged across the slice thickness (partial volume).
-const THROUGH_PLANE_SAMPLES: usize = 3;
+/// Sub-slice samples averaged across a thick slice (partial volume); thin slices (≤ 7.5 mm)
+/// take one, which keeps the high-resolution centers fast to synthesise.
+fn through_plane_samples(thickness_mm: f32) -> usize {
+    if thickness_mm > 7.5 { 3 } else { 1 }
+}
 
 /// One subject's acquisition: geometry and the contrast drawn for it.
 #[derive(Debug, Clone)]
@@ -27,7 +30,13 @@ pub struct Acquisition {
 
 impl Acquisition {
     pub fn random<R: Rng>(p: &CenterProfile, rng: &mut R) -> Self {
-        let range = |r: (f32, f32), rng: &mut R| if r.0 < r.1 { rng.random_range(r.0..r.1) } else { r.0 };
+        let range = |r: (f32, f32), rng: &mut R| {
+            if r.0 < r.1 {
+                rng.random_range(r.0..r.1)
+            } else {
+                r.0
+            }
+        };
         let in_plane = range(p.spacing_mm, rng);
         let thickness = range(p.thickness_mm, rng);
         let slices = rng.random_range(p.slices.0..=p.slices.1);
@@ -41,12 +50,19 @@ impl Acquisition {
             scar: range(p.scar, rng),
             no_reflow: range(p.no_reflow, rng),
             noise: range(p.noise, rng),
-            bias: [rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0)],
+            bias: [
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+            ],
         }
     }
 
     pub fn fov_mm(&self) -> [f32; 2] {
-        [self.shape[0] as f32 * self.spacing[0], self.shape[1] as f32 * self.spacing[1]]
+        [
+            self.shape[0] as f32 * self.spacing[0],
+            self.shape[1] as f32 * self.spacing[1],
+        ]
     }
 }
 
@@ -90,13 +106,19 @@ pub struct Rendered {
     pub tissue: Array3<Tissue>,
 }
 
-pub fn render<R: Rng>(anatomy: &Anatomy, p: &CenterProfile, a: &Acquisition, rng: &mut R) -> Rendered {
+pub fn render<R: Rng>(
+    anatomy: &Anatomy,
+    p: &CenterProfile,
+    a: &Acquisition,
+    rng: &mut R,
+) -> Rendered {
     let [nx, ny, nz] = a.shape;
     let [sx, sy, sz] = a.spacing;
     let mut image = Array3::<f32>::zeros((nx, ny, nz));
     let mut label = Array3::<f32>::zeros((nx, ny, nz));
     let mut tissue = Array3::from_elem((nx, ny, nz), Tissue::Air);
     let mut plane = vec![0.0f32; nx * ny];
+    let samples = through_plane_samples(sz);
     for k in 0..nz {
         let zc = (k as f32 + 0.5) * sz;
         for j in 0..ny {
@@ -105,14 +127,14 @@ pub fn render<R: Rng>(anatomy: &Anatomy, p: &CenterProfile, a: &Acquisition, rng
                 let x = (i as f32 + 0.5 - nx as f32 / 2.0) * sx;
                 let centre = anatomy.tissue(x, y, zc);
                 let mut sum = relative_signal(centre, p, a);
-                for s in 0..THROUGH_PLANE_SAMPLES {
-                    if s == THROUGH_PLANE_SAMPLES / 2 {
+                for s in 0..samples {
+                    if s == samples / 2 {
                         continue;
                     }
-                    let dz = (s as f32 + 0.5) / THROUGH_PLANE_SAMPLES as f32 - 0.5;
+                    let dz = (s as f32 + 0.5) / samples as f32 - 0.5;
                     sum += relative_signal(anatomy.tissue(x, y, zc + dz * sz), p, a);
                 }
-                plane[j * nx + i] = sum / THROUGH_PLANE_SAMPLES as f32;
+                plane[j * nx + i] = sum / samples as f32;
                 label[[i, j, k]] = label_value(centre, p.layout);
                 tissue[[i, j, k]] = centre;
             }
@@ -122,11 +144,14 @@ pub fn render<R: Rng>(anatomy: &Anatomy, p: &CenterProfile, a: &Acquisition, rng
             let yn = 2.0 * j as f32 / ny as f32 - 1.0;
             for i in 0..nx {
                 let xn = 2.0 * i as f32 / nx as f32 - 1.0;
-                let field = 1.0 + 0.5 * p.bias * (a.bias[0] * xn + a.bias[1] * yn + a.bias[2] * xn * yn) / 1.5;
+                let field = 1.0
+                    + 0.5 * p.bias * (a.bias[0] * xn + a.bias[1] * yn + a.bias[2] * xn * yn) / 1.5;
                 let s = plane[j * nx + i] * field;
                 let n1 = a.noise * standard_normal(rng);
                 let value = match p.encoding {
-                    Encoding::PhaseSensitive12Bit { zero } => (zero + (s + n1) * a.blood_level).clamp(0.0, 4095.0),
+                    Encoding::PhaseSensitive12Bit { zero } => {
+                        (zero + (s + n1) * a.blood_level).clamp(0.0, 4095.0)
+                    }
                     _ => {
                         // Magnitude images: Rician noise.
                         let n2 = a.noise * standard_normal(rng);
@@ -139,36 +164,51 @@ pub fn render<R: Rng>(anatomy: &Anatomy, p: &CenterProfile, a: &Acquisition, rng
             }
         }
     }
-    Rendered { image, label, tissue }
+    Rendered {
+        image,
+        label,
+        tissue,
+    }
 }
 
-/// Separable Gaussian blur in place.
+/// Separable Gaussian blur in place, edges clamped. Rows go through a padded buffer and the
+/// vertical pass adds whole weighted rows, so both loops are branch-free and vectorise.
 fn blur(plane: &mut [f32], nx: usize, ny: usize, sigma: f32) {
     if sigma <= 0.0 {
         return;
     }
-    let r = (sigma * 3.0).ceil() as isize;
-    let kernel: Vec<f32> = (-r..=r).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let r = (sigma * 3.0).ceil() as usize;
+    let mut kernel: Vec<f32> = (0..=2 * r)
+        .map(|t| {
+            let d = t as f32 - r as f32;
+            (-(d * d) / (2.0 * sigma * sigma)).exp()
+        })
+        .collect();
     let norm: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|w| *w /= norm);
+
+    let mut padded = vec![0.0f32; nx + 2 * r];
     let mut tmp = vec![0.0f32; plane.len()];
     for j in 0..ny {
-        for i in 0..nx {
-            let mut acc = 0.0;
-            for (t, w) in kernel.iter().enumerate() {
-                let ii = (i as isize + t as isize - r).clamp(0, nx as isize - 1) as usize;
-                acc += w * plane[j * nx + ii];
+        let row = &plane[j * nx..(j + 1) * nx];
+        padded[..r].fill(row[0]);
+        padded[r..r + nx].copy_from_slice(row);
+        padded[r + nx..].fill(row[nx - 1]);
+        let out = &mut tmp[j * nx..(j + 1) * nx];
+        for (t, w) in kernel.iter().enumerate() {
+            for (o, p) in out.iter_mut().zip(&padded[t..t + nx]) {
+                *o += w * p;
             }
-            tmp[j * nx + i] = acc / norm;
         }
     }
+    plane.fill(0.0);
     for j in 0..ny {
-        for i in 0..nx {
-            let mut acc = 0.0;
-            for (t, w) in kernel.iter().enumerate() {
-                let jj = (j as isize + t as isize - r).clamp(0, ny as isize - 1) as usize;
-                acc += w * tmp[jj * nx + i];
+        let out = &mut plane[j * nx..(j + 1) * nx];
+        for (t, w) in kernel.iter().enumerate() {
+            let jj = (j + t).saturating_sub(r).min(ny - 1);
+            for (o, p) in out.iter_mut().zip(&tmp[jj * nx..(jj + 1) * nx]) {
+                *o += w * p;
             }
-            plane[j * nx + i] = acc / norm;
         }
     }
 }
