@@ -50,6 +50,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compute the site's histogram-matching reference (quantiles of its normalised training
+    /// intensities) and write it as JSON: a statistic, no image.
+    Stats {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a PNG montage of sample slices and intensity histograms of several sites.
     Show {
         /// Site configs (site.toml), or folders holding one per center (as `synth` writes).
@@ -133,13 +141,15 @@ fn run(cli: Cli) -> Result<i32> {
                 started.elapsed().as_secs_f32()
             );
             println!(
-                "{:<8} {:>9} {:>6}  {:>15} {:>15} {:>15} {:>6}  config",
-                "center", "layout", "scar", "blood (rel)", "myocardium", "scar", "zeros"
+                "{:<8} {:>9} {:>6}  {:>21} {:>21} {:>21} {:>6}  config",
+                "center", "layout", "scar", "blood rel (within SD)", "myocardium", "scar", "zeros"
             );
             for s in &summaries {
-                let f = |t: fedseg_site::synth::TissueStat| format!("{:.2}±{:.2}", t.mean, t.sd);
+                let f = |t: fedseg_site::synth::TissueStat| {
+                    format!("{:.2}±{:.2} ({:.0}%)", t.mean, t.sd, t.sd_within * 100.0)
+                };
                 println!(
-                    "{:<8} {:>9} {:>6}  {:>15} {:>15} {:>15} {:>5.0}%  {}",
+                    "{:<8} {:>9} {:>6}  {:>21} {:>21} {:>21} {:>5.0}%  {}",
                     s.center,
                     s.layout.to_string(),
                     format!("{}/{}", s.with_scar, s.subjects),
@@ -173,6 +183,22 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{report}");
             }
             Ok(if report.can_train { 0 } else { 2 })
+        }
+        Command::Stats { config, out } => {
+            let cfg = SiteConfig::load(&config)?;
+            let site = fedseg_site::data::prepare_site(&cfg, false)?;
+            let reference = site.histogram_reference();
+            reference
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: reference of {} training pixels, median {:.3}, written to {}",
+                reference.site,
+                reference.pixels,
+                reference.at(0.5),
+                out.display()
+            );
+            Ok(0)
         }
         Command::Show { sites, out } => {
             let configs = site_configs(&sites)?;

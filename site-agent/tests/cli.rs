@@ -11,17 +11,32 @@ fn site_agent(args: &[&str]) -> std::process::Output {
 }
 
 fn is_png(path: &Path) -> bool {
-    std::fs::read(path).map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n")).unwrap_or(false)
+    std::fs::read(path)
+        .map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
+        .unwrap_or(false)
 }
 
 #[test]
 fn synth_writes_sites_that_inspect_accepts_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let o = site_agent(&["synth", "--out", out, "--centers", "emidec,vh", "--subjects", "3", "--seed", "4"]);
+    let o = site_agent(&[
+        "synth",
+        "--out",
+        out,
+        "--centers",
+        "emidec,vh",
+        "--subjects",
+        "3",
+        "--seed",
+        "4",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("emidec") && stdout.contains("W1"), "{stdout}");
+    assert!(
+        stdout.contains("emidec") && stdout.contains("W1"),
+        "{stdout}"
+    );
     assert!(is_png(&dir.path().join("domain-shift.png")));
 
     for center in ["emidec", "vh"] {
@@ -45,14 +60,26 @@ fn synth_writes_sites_that_inspect_accepts_as_is() {
 fn inspect_exits_non_zero_when_the_site_cannot_train() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let o = site_agent(&["synth", "--out", out, "--centers", "vh", "--subjects", "3", "--no-montage"]);
+    let o = site_agent(&[
+        "synth",
+        "--out",
+        out,
+        "--centers",
+        "vh",
+        "--subjects",
+        "3",
+        "--no-montage",
+    ]);
     assert!(o.status.success());
     std::fs::remove_dir_all(dir.path().join("vh/labels")).unwrap();
     let cfg = dir.path().join("vh/site.toml");
     let o = site_agent(&["inspect", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("CANNOT TRAIN") && stdout.contains("no label file found"), "{stdout}");
+    assert!(
+        stdout.contains("CANNOT TRAIN") && stdout.contains("no label file found"),
+        "{stdout}"
+    );
 
     let o = site_agent(&["synth", "--out", out, "--centers", "nowhere"]);
     assert!(!o.status.success());

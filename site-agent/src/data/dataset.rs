@@ -9,6 +9,7 @@ use super::layout::{SubjectFiles, discover};
 use super::problem::Problem;
 use super::split::{Part, Split};
 use super::{DataError, SiteConfig};
+use crate::histogram::{Histogram, HistogramReference};
 use crate::nifti_io::{Volume, read_volume};
 use crate::preprocess::{Plane, PreprocessConfig, prepare_image, prepare_label};
 
@@ -128,6 +129,18 @@ impl PreparedSite {
     pub fn part(&self, part: Part) -> impl Iterator<Item = &PreparedSubject> {
         let ids = self.split.ids(part);
         self.subjects.iter().filter(move |s| ids.contains(&s.id))
+    }
+
+    /// The site's histogram-matching reference: quantiles of its normalised training
+    /// intensities (a statistic that may leave the site; no image does).
+    pub fn histogram_reference(&self) -> HistogramReference {
+        let mut h = Histogram::default();
+        for s in self.part(Part::Train) {
+            for slice in &s.slices {
+                h.add(&slice.data);
+            }
+        }
+        HistogramReference::from_histogram(&self.name, &h)
     }
 
     /// Number of 2D slices in a split part.

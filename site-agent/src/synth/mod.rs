@@ -54,7 +54,11 @@ pub struct SynthOptions {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct TissueStat {
     pub mean: f32,
+    /// Over all voxels of all subjects (includes differences between subjects).
     pub sd: f32,
+    /// Mean of the per-subject standard deviations (relative to blood, like the means): the
+    /// within-tissue variation one would measure in one image.
+    pub sd_within: f32,
     pub voxels: u64,
 }
 
@@ -101,6 +105,7 @@ impl Acc {
         TissueStat {
             mean: mean as f32,
             sd: var.sqrt() as f32,
+            sd_within: 0.0,
             voxels: self.n,
         }
     }
@@ -194,16 +199,30 @@ fn write_subject(
         voxels: r.image.len() as u64,
         has_scar,
     };
-    for (v, t) in r.image.iter().zip(r.tissue.iter()) {
-        let rel = ((*v - zero) / acq.blood_level) as f64;
+    let (nx, ny, _) = r.tissue.dim();
+    for ((i, j, k), t) in r.tissue.indexed_iter() {
+        let v = r.image[[i, j, k]];
+        if v == 0.0 {
+            stats.zeros += 1;
+        }
+        // Tissue statistics inside regions, as one would place an ROI: in-plane neighbours of
+        // the same tissue (partial volume at borders is real, but not "within-tissue").
+        let interior = i > 0
+            && j > 0
+            && i + 1 < nx
+            && j + 1 < ny
+            && [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
+                .iter()
+                .all(|&(a, b)| r.tissue[[a, b, k]] == *t);
+        if !interior {
+            continue;
+        }
+        let rel = ((v - zero) / acq.blood_level) as f64;
         match t {
             Tissue::LvBlood => stats.blood.add(rel),
             Tissue::Myocardium => stats.myo.add(rel),
             Tissue::Scar => stats.scar.add(rel),
             _ => {}
-        }
-        if *v == 0.0 {
-            stats.zeros += 1;
         }
     }
     Ok(stats)
@@ -276,6 +295,20 @@ pub fn synthesize(opts: &SynthOptions) -> Result<Vec<CenterSummary>, SynthError>
         let stats = per_center.remove(&c).unwrap_or_default();
         let (mut blood, mut myo, mut scar) = (Acc::default(), Acc::default(), Acc::default());
         let (mut zeros, mut voxels) = (0, 0);
+        let within = |f: fn(&SubjectStats) -> &Acc| {
+            let per: Vec<f32> = stats
+                .iter()
+                .map(f)
+                .filter(|a| a.n > 1)
+                .map(|a| a.stat().sd)
+                .collect();
+            per.iter().sum::<f32>() / per.len().max(1) as f32
+        };
+        let sd_within = [
+            within(|s| &s.blood),
+            within(|s| &s.myo),
+            within(|s| &s.scar),
+        ];
         for s in &stats {
             blood.merge(&s.blood);
             myo.merge(&s.myo);
@@ -289,9 +322,18 @@ pub fn synthesize(opts: &SynthOptions) -> Result<Vec<CenterSummary>, SynthError>
             dir,
             subjects: stats.len(),
             with_scar: stats.iter().filter(|s| s.has_scar).count(),
-            blood_pool: blood.stat(),
-            myocardium: myo.stat(),
-            scar: scar.stat(),
+            blood_pool: TissueStat {
+                sd_within: sd_within[0],
+                ..blood.stat()
+            },
+            myocardium: TissueStat {
+                sd_within: sd_within[1],
+                ..myo.stat()
+            },
+            scar: TissueStat {
+                sd_within: sd_within[2],
+                ..scar.stat()
+            },
             zero_fraction: zeros as f32 / voxels.max(1) as f32,
         });
     }
