@@ -2,9 +2,12 @@
 
 pub mod augment;
 pub mod data;
+pub mod eval;
 pub mod histogram;
 pub mod inspect;
+pub mod model;
 pub mod montage;
 pub mod nifti_io;
 pub mod preprocess;
 pub mod synth;
+pub mod train;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use fedseg_site::data::SiteConfig;
+use fedseg_site::data::{Part, SiteConfig};
+
+mod commands;
 use fedseg_site::synth::{CENTER_NAMES, Modality, SynthOptions, synthesize};
 
 #[derive(Parser)]
@@ -22,6 +24,13 @@ struct Cli {
 enum ModalityArg {
     Lge,
     Cine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PartArg {
+    Train,
+    Val,
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +58,60 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Train a single-center model on the site's training split (optionally from a weights file
+    /// with only some blocks trainable: the paper's transfer learning, done locally).
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Starting weights (safetensors).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Blocks that train, e.g. `enc:0-4`, `dec:0-1,head`, `all`.
+        #[arg(long, default_value = "all")]
+        trainable: String,
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Model size (tiny, cpu, paper); overrides the config's train.model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Best weights by validation Dice.
+        #[arg(long)]
+        out: PathBuf,
+        /// Checkpoint folder (default: OUT.ckpt); a run started again resumes from it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a weights file on the site's test split: 3D Dice per subject, mean ± std.
+    Evaluate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        weights: PathBuf,
+        /// Histogram-match test images to this reference (from `stats`) first.
+        #[arg(long)]
+        hist_ref: Option<PathBuf>,
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Which split to score.
+        #[arg(long, value_enum, default_value = "test")]
+        part: PartArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Segment NIfTI volumes; writes label volumes carrying each input's header.
+    Predict {
+        #[arg(long)]
+        weights: PathBuf,
+        /// A NIfTI file or a folder of them.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        hist_ref: Option<PathBuf>,
     },
     /// Compute the site's histogram-matching reference (quantiles of its normalised training
     /// intensities) and write it as JSON: a statistic, no image.
@@ -184,6 +247,39 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(if report.can_train { 0 } else { 2 })
         }
+        Command::Train {
+            config,
+            init,
+            trainable,
+            epochs,
+            model,
+            out,
+            checkpoint,
+            json,
+        } => commands::train(
+            config, init, trainable, epochs, model, out, checkpoint, json,
+        ),
+        Command::Evaluate {
+            config,
+            weights,
+            hist_ref,
+            csv,
+            part,
+            json,
+        } => {
+            let part = match part {
+                PartArg::Train => Part::Train,
+                PartArg::Val => Part::Val,
+                PartArg::Test => Part::Test,
+            };
+            commands::evaluate(config, weights, hist_ref, csv, part, json)
+        }
+        Command::Predict {
+            weights,
+            input,
+            output,
+            hist_ref,
+        } => commands::predict(weights, input, output, hist_ref),
         Command::Stats { config, out } => {
             let cfg = SiteConfig::load(&config)?;
             let site = fedseg_site::data::prepare_site(&cfg, false)?;

@@ -11,6 +11,7 @@ use super::layout::Layout;
 use super::split::SplitSpec;
 use crate::augment::AugmentConfig;
 use crate::preprocess::PreprocessConfig;
+use crate::train::TrainConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,8 @@ pub struct SiteConfig {
     pub split: SplitSpec,
     #[serde(default)]
     pub augment: AugmentConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +75,7 @@ impl SiteConfig {
         self.preprocess.validate()?;
         self.split.validate()?;
         self.augment.validate()?;
+        self.train.validate(self.preprocess.size)?;
         Ok(())
     }
 

@@ -149,3 +149,23 @@ pub fn normalise_min_max(slices: &mut [Plane<f32>]) {
         }
     }
 }
+
+/// The inverse of [`prepare_label`]: maps class maps of prepared slices back onto the original
+/// volume's grid (nearest neighbour), so predictions overlay the input image.
+pub fn restore_label(
+    slices: &[Plane<u8>],
+    shape: [usize; 3],
+    spacing: [f32; 3],
+    cfg: &PreprocessConfig,
+) -> Array3<u8> {
+    let [nx, ny, nz] = shape;
+    let half = cfg.size as f32 / 2.0;
+    let fx = spacing[0] / cfg.spacing_mm;
+    let fy = spacing[1] / cfg.spacing_mm;
+    Array3::from_shape_fn((nx, ny, nz), |(x, y, z)| {
+        let Some(s) = slices.get(z) else { return 0 };
+        let u = (x as f32 + 0.5 - nx as f32 / 2.0) * fx + half - 0.5;
+        let v = (y as f32 + 0.5 - ny as f32 / 2.0) * fy + half - 0.5;
+        s.sample_nearest(u, v, 0)
+    })
+}

@@ -24,6 +24,7 @@ use crate::data::split::{Amount, SplitSpec};
 use crate::data::{Layout, SiteConfig};
 use crate::nifti_io::{NiftiIoError, header_with_spacing, write_volume};
 use crate::preprocess::PreprocessConfig;
+use crate::train::TrainConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
@@ -250,6 +251,7 @@ pub fn site_config(center: &str, layout: Layout, subjects: usize) -> SiteConfig 
             train_fraction: 1.0,
         },
         augment: AugmentConfig::default(),
+        train: TrainConfig::default(),
     }
 }
 

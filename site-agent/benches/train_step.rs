@@ -1,0 +1,87 @@
+//! Training-step benchmark of the U-Net on the CPU (flex) backend: seconds per step, slices/s
+//! and peak memory, for comparison with `tools/pytorch_unet_bench.py` on the same machine.
+//!
+//! `cargo bench -p site-agent --bench train_step -- [cpu|paper|tiny] [BATCH] [SIZE] [STEPS]`
+
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams};
+use fedseg_site::model::UNetConfig;
+use fedseg_site::model::loss::deep_supervision_loss;
+use fedseg_site::model::params::param_count;
+use fedseg_site::preprocess::Plane;
+use fedseg_site::train::batch::{input_tensor, targets};
+use fedseg_site::train::{DeviceKind, build_model, device_for};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let model_name = args.first().map(String::as_str).unwrap_or("cpu");
+    let unet = UNetConfig::by_name(model_name)
+        .ok_or_else(|| anyhow::anyhow!("unknown model {model_name}"))?;
+    let batch: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
+    let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    unet.validate(size).map_err(anyhow::Error::msg)?;
+
+    let device = device_for(DeviceKind::Cpu)?.autodiff();
+    let mut model = build_model(&unet, 0, &device);
+    let params = param_count(&model);
+    let mut optim = AdamConfig::new().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let images: Vec<Plane<f32>> = (0..batch)
+        .map(|_| Plane {
+            width: size,
+            height: size,
+            data: (0..size * size).map(|_| rng.random()).collect(),
+        })
+        .collect();
+    let labels: Vec<Plane<u8>> = (0..batch)
+        .map(|_| Plane {
+            width: size,
+            height: size,
+            data: (0..size * size).map(|_| rng.random_range(0..3u8)).collect(),
+        })
+        .collect();
+    let warmup = 2;
+    let mut times = Vec::new();
+    for step in 0..warmup + steps {
+        let t = Instant::now();
+        let x = input_tensor(&images, &device);
+        let tg = targets(&labels, unet.classes, 1 + unet.deep_supervision, &device);
+        let loss = deep_supervision_loss(model.forward(x), tg);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        if step >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "burn flex {model_name} params={params} batch={batch} size={size} step_min={:.3}s step_median={median:.3}s \
+         slices_per_s={:.1} peak_rss_mib={:.0}",
+        times[0],
+        batch as f64 / median,
+        peak_rss_mib()
+    );
+    Ok(())
+}

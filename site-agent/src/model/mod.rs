@@ -1,0 +1,12 @@
+//! The segmentation model: the U-Net in burn, its loss, its parameters by name, which of them
+//! train, and safetensors files.
+
+pub mod loss;
+pub mod params;
+pub mod safetensors;
+pub mod trainable;
+pub mod unet;
+
+pub use params::{NamedTensor, ParamsError};
+pub use trainable::TrainableSet;
+pub use unet::{UNet, UNetConfig};
