@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
 use super::trainable::TrainableSet;
@@ -208,4 +208,40 @@ pub fn apply_trainable(model: UNet, set: &TrainableSet) -> UNet {
         set,
     };
     model.map(&mut f)
+}
+
+/// FNV-1a of a parameter name: a parameter id that is the same in every process, so optimiser
+/// state saved in a checkpoint finds its parameters again after a restart.
+fn stable_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+struct StableIds {
+    at: PathTracker,
+}
+
+impl ModuleMapper for StableIds {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (_, value, mapper) = param.consume();
+        let id = ParamId::from(stable_id(&public_name(&self.at.path)));
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Gives every parameter an id derived from its name.
+pub fn with_stable_ids(model: UNet) -> UNet {
+    model.map(&mut StableIds {
+        at: PathTracker::default(),
+    })
 }

@@ -79,6 +79,16 @@ pub fn write_safetensors(
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// A JSON array of non-negative integers under `key`.
+fn usize_list(entry: &Value, key: &str) -> Option<Vec<usize>> {
+    entry.get(key).and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_u64)
+            .map(|d| d as usize)
+            .collect()
+    })
+}
+
 pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile, SafetensorsError> {
     let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Io {
         path: path.to_path_buf(),
@@ -131,26 +141,9 @@ pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile, SafetensorsError
                 "tensor {name}: dtype {dtype:?}, only F32 is supported"
             )));
         }
-        let shape: Vec<usize> = entry
-            .get("shape")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|d| d as usize)
-                    .collect()
-            })
-            .ok_or_else(|| bad(format!("tensor {name}: no shape")))?;
-        let offsets: Vec<usize> = entry
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|d| d as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let shape =
+            usize_list(&entry, "shape").ok_or_else(|| bad(format!("tensor {name}: no shape")))?;
+        let offsets = usize_list(&entry, "data_offsets").unwrap_or_default();
         let [begin, end] = offsets[..] else {
             return Err(bad(format!("tensor {name}: data_offsets missing")));
         };

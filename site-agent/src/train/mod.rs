@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +24,7 @@ use crate::augment::{AugmentConfig, augment};
 use crate::data::{Part, PreparedSite};
 use crate::eval::evaluate_site;
 use crate::model::loss::deep_supervision_loss;
-use crate::model::params::{apply_trainable, load_named, named_tensors};
+use crate::model::params::{apply_trainable, load_named, named_tensors, with_stable_ids};
 use crate::model::safetensors::{SafetensorsError, read_safetensors, write_safetensors};
 use crate::model::{NamedTensor, ParamsError, TrainableSet, UNet, UNetConfig};
 use crate::preprocess::{Plane, PreprocessConfig};
@@ -98,42 +98,10 @@ struct CheckpointState {
     outcome: TrainOutcome,
 }
 
-/// FNV-1a of a parameter name: stable parameter ids, so optimiser state saved in a checkpoint
-/// finds its parameters again after a restart.
-fn stable_id(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-struct StableIds {
-    path: Vec<String>,
-}
-
-impl ModuleMapper for StableIds {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (_, value, mapper) = param.consume();
-        Param::from_mapped_value(
-            ParamId::from(stable_id(&self.path.join("."))),
-            value,
-            mapper,
-        )
-    }
-}
-
 /// Builds the model for a config on a device, seeded, with stable parameter ids.
 pub fn build_model(unet: &UNetConfig, seed: u64, device: &Device) -> UNet {
     device.seed(seed);
-    unet.init(device).map(&mut StableIds { path: Vec::new() })
+    with_stable_ids(unet.init(device))
 }
 
 /// Safetensors metadata recording the architecture, so a file for another network is refused
