@@ -20,7 +20,11 @@ fn tiny() -> UNetConfig {
 #[test]
 fn parameter_names_are_block_structured_and_counts_printed() {
     let device = device_for(DeviceKind::Cpu).unwrap();
-    for (name, cfg) in [("tiny", UNetConfig::tiny()), ("cpu", UNetConfig::cpu())] {
+    for (name, cfg) in [
+        ("tiny", UNetConfig::tiny()),
+        ("cpu", UNetConfig::cpu()),
+        ("paper", UNetConfig::paper()),
+    ] {
         let model = build_model(&cfg, 0, &device);
         let names: Vec<String> = named_tensors(&model).into_iter().map(|t| t.name).collect();
         for expected in [
@@ -45,14 +49,11 @@ fn parameter_names_are_block_structured_and_counts_printed() {
         );
         println!("{name}: {} parameters", param_count(&model));
     }
-    // The CPU config measured in shared/notes (1,943,795 parameters with one output head);
-    // ours adds two deep-supervision heads.
-    let cpu = build_model(&UNetConfig::cpu(), 0, &device);
-    assert!(
-        param_count(&cpu) > 1_900_000 && param_count(&cpu) < 2_000_000,
-        "{}",
-        param_count(&cpu)
-    );
+    // The same counts as the PyTorch twin in tools/pytorch_unet_bench.py.
+    let count = |cfg: UNetConfig| param_count(&build_model(&cfg, 0, &device));
+    assert_eq!(count(UNetConfig::tiny()), 29_710);
+    assert_eq!(count(UNetConfig::cpu()), 1_944_089);
+    assert_eq!(count(UNetConfig::paper()), 31_107_372);
 }
 
 #[test]
