@@ -22,9 +22,14 @@ fn main() -> anyhow::Result<()> {
     let size: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(128);
     let weights = PathBuf::from(weights);
     let (unet, _) = weights_provenance(&weights)?;
-    let unet = unet.ok_or_else(|| anyhow::anyhow!("{}: no fedseg.unet metadata", weights.display()))?;
+    let unet =
+        unet.ok_or_else(|| anyhow::anyhow!("{}: no fedseg.unet metadata", weights.display()))?;
     let device = device_for(DeviceKind::Cpu)?;
-    let model = load_named(build_model(&unet, 0, &device), &load_weights(&weights, &unet)?)?.valid();
+    let model = load_named(
+        build_model(&unet, 0, &device),
+        &load_weights(&weights, &unet)?,
+    )?
+    .valid();
     // Two smooth, different slices: reproducible without sharing a random generator.
     let batch = 2;
     let input: Vec<f32> = (0..batch * size * size)
@@ -33,10 +38,17 @@ fn main() -> anyhow::Result<()> {
             0.5 + 0.5 * ((x as f32 * 0.11 + b as f32).sin() * (y as f32 * 0.07).cos())
         })
         .collect();
-    let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [batch, 1, size, size]), &device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(input.clone(), [batch, 1, size, size]),
+        &device,
+    );
     let logits = model.predict(x);
     let shape = logits.dims().to_vec();
-    let data = logits.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+    let data = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
     write_safetensors(
         &PathBuf::from(out),
         &[

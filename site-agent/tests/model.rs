@@ -148,7 +148,7 @@ fn impossible_configs_fail_before_training() {
         UNetConfig::cpu()
             .validate(100)
             .unwrap_err()
-            .contains("multiple of 8")
+            .contains("multiple of 16")
     );
     let err = TrainableSet::parse("", 4).unwrap_err();
     assert!(err.contains("names no block"), "{err}");
