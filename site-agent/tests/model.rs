@@ -260,3 +260,39 @@ fn it_learns_a_trivial_task_and_frozen_blocks_stay_bit_identical() {
         "a frozen encoder block exists"
     );
 }
+
+#[test]
+fn local_parameters_stay_apart_and_merge_back() {
+    use fedseg_site::model::params::{merge_local, partition_local};
+    let device = device_for(DeviceKind::Cpu).unwrap();
+    let site = named_tensors(&build_model(&tiny(), 1, &device));
+    let global = named_tensors(&build_model(&tiny(), 2, &device));
+    let local_set = TrainableSet::parse("norm", tiny().levels).unwrap();
+    // Norm parameters start at 1 and 0 everywhere: give the site its own values.
+    let site: Vec<_> = site
+        .into_iter()
+        .map(|mut t| {
+            if t.name.contains(".norm") {
+                t.data.iter_mut().for_each(|v| *v += 0.5);
+            }
+            t
+        })
+        .collect();
+    let (shared, local) = partition_local(site.clone(), &local_set);
+    assert!(!local.is_empty() && local.iter().all(|t| t.name.contains(".norm")));
+    assert!(shared.iter().all(|t| !t.name.contains(".norm")));
+    assert_eq!(shared.len() + local.len(), site.len());
+    // A global model arrives: the site keeps its own norm parameters, takes the rest.
+    let (global_shared, _) = partition_local(global.clone(), &local_set);
+    let merged = merge_local(global_shared, &local);
+    let model = load_named(build_model(&tiny(), 3, &device), &merged).unwrap();
+    for t in named_tensors(&model) {
+        let expected = if t.name.contains(".norm") {
+            &site
+        } else {
+            &global
+        };
+        let e = expected.iter().find(|e| e.name == t.name).unwrap();
+        assert_eq!(t.data, e.data, "{}", t.name);
+    }
+}

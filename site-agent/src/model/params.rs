@@ -245,3 +245,23 @@ pub fn with_stable_ids(model: UNet) -> UNet {
         at: PathTracker::default(),
     })
 }
+
+/// Splits tensors into those that may leave the site and those the site keeps to itself
+/// (FedBN-style local parameters, e.g. the `norm` set).
+pub fn partition_local(
+    tensors: Vec<NamedTensor>,
+    local: &TrainableSet,
+) -> (Vec<NamedTensor>, Vec<NamedTensor>) {
+    tensors.into_iter().partition(|t| !local.contains(&t.name))
+}
+
+/// A full set of tensors from shared ones (e.g. a federated aggregate) and the site's own local
+/// ones; a local tensor replaces a shared one of the same name.
+pub fn merge_local(shared: Vec<NamedTensor>, local: &[NamedTensor]) -> Vec<NamedTensor> {
+    let mut out: Vec<NamedTensor> = shared
+        .into_iter()
+        .filter(|t| !local.iter().any(|l| l.name == t.name))
+        .collect();
+    out.extend(local.iter().cloned());
+    out
+}
