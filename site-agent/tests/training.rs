@@ -110,25 +110,31 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert_eq!(straight.epochs[2].loss, resumed.epochs[2].loss);
 }
 
+/// Runs the site-agent binary.
+fn site_agent(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_site-agent"))
+        .args(args)
+        .output()
+        .expect("site-agent runs")
+}
+
 #[test]
 fn train_evaluate_and_predict_commands() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_site(dir.path());
     let weights = dir.path().join("w.safetensors");
-    let bin = env!("CARGO_BIN_EXE_site-agent");
-    let o = Command::new(bin)
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--trainable",
-            "enc:0-1,dec:0-1,head,ds",
-        ])
-        .args(["--out", weights.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--trainable",
+        "enc:0-1, dec:0-1, head, ds",
+        "--out",
+        weights.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let outcome: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(outcome["epochs"].as_array().unwrap().len(), 2);
@@ -139,17 +145,15 @@ fn train_evaluate_and_predict_commands() {
     );
 
     let csv = dir.path().join("dice.csv");
-    let o = Command::new(bin)
-        .args([
-            "evaluate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--weights",
-            weights.to_str().unwrap(),
-        ])
-        .args(["--csv", csv.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "evaluate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -164,28 +168,23 @@ fn train_evaluate_and_predict_commands() {
 
     // With histogram matching to the site's own reference.
     let reference = dir.path().join("ref.json");
-    let o = Command::new(bin)
-        .args([
-            "stats",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            reference.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "stats",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        reference.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(bin)
-        .args([
-            "evaluate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--weights",
-            weights.to_str().unwrap(),
-        ])
-        .args(["--hist-ref", reference.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "evaluate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--hist-ref",
+        reference.to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("histogram-matched"));
 
     // Predict on the image folder of one subject: a label volume on the image's grid.
@@ -193,17 +192,15 @@ fn train_evaluate_and_predict_commands() {
     let id = &site.subjects[0].id;
     let image = dir.path().join(format!("emidec/{id}/Images/{id}.nii.gz"));
     let out_dir = dir.path().join("pred");
-    let o = Command::new(bin)
-        .args([
-            "predict",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--input",
-            image.to_str().unwrap(),
-        ])
-        .args(["--output", out_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "predict",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        image.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let seg = read_volume(&out_dir.join(format!("{id}_seg.nii.gz"))).unwrap();
     let img = read_volume(&image).unwrap();
@@ -213,19 +210,17 @@ fn train_evaluate_and_predict_commands() {
     assert!(seg.data.iter().all(|&v| v == 0.0 || v == 1.0 || v == 2.0));
 
     // A weights file for another architecture is refused before anything runs.
-    let o = Command::new(bin)
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--model",
-            "cpu",
-            "--init",
-            weights.to_str().unwrap(),
-        ])
-        .args(["--out", dir.path().join("x.safetensors").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = site_agent(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        "cpu",
+        "--init",
+        weights.to_str().unwrap(),
+        "--out",
+        dir.path().join("x.safetensors").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("another architecture"));
 }
