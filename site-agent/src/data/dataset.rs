@@ -98,6 +98,8 @@ pub struct PreparedSubject {
     pub id: String,
     pub slices: Vec<Plane<f32>>,
     pub labels: Option<Vec<Plane<u8>>>,
+    /// The mapped labels on the original grid: Dice is scored there, as in the paper.
+    pub original_labels: Option<Array3<u8>>,
     /// Geometry of the original volume, for writing predictions back.
     pub spacing: [f32; 3],
     pub shape: [usize; 3],
@@ -111,6 +113,7 @@ pub fn prepare_subject(subject: &Subject, cfg: &PreprocessConfig) -> PreparedSub
             .label
             .as_ref()
             .map(|l| prepare_label(l, subject.image.spacing, cfg)),
+        original_labels: subject.label.clone(),
         spacing: subject.image.spacing,
         shape: subject.image.shape(),
     }
@@ -123,6 +126,8 @@ pub struct PreparedSite {
     pub subjects: Vec<PreparedSubject>,
     pub split: Split,
     pub problems: Vec<Problem>,
+    /// How the slices were prepared (to map predictions back to the original grids).
+    pub preprocess: PreprocessConfig,
 }
 
 impl PreparedSite {
@@ -181,5 +186,6 @@ pub fn prepare_site(cfg: &SiteConfig, require_labels: bool) -> Result<PreparedSi
         subjects,
         split,
         problems,
+        preprocess: cfg.preprocess.clone(),
     })
 }

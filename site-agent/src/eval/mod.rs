@@ -2,8 +2,8 @@
 //! largest 3D LV component, optionally histogram-match to a reference first, and score 3D
 //! Dice per subject for blood pool, myocardium and whole LV.
 //!
-//! Dice is computed in the preprocessed space (slices resampled to the site's spacing and
-//! cropped), where both prediction and reference labels live.
+//! Dice is scored on each subject's original grid: the prediction, made on the prepared
+//! (resampled, cropped) slices, is mapped back with nearest neighbour, as `predict` writes it.
 
 pub mod metrics;
 
@@ -14,7 +14,7 @@ use self::metrics::{Structure, dice, keep_largest_lv_component};
 use crate::data::{Part, PreparedSite};
 use crate::histogram::{HistogramReference, match_to_reference};
 use crate::model::UNet;
-use crate::preprocess::Plane;
+use crate::preprocess::{Plane, restore_label, slice_of};
 
 /// Slices per forward pass at inference.
 const PREDICT_BATCH: usize = 16;
@@ -99,12 +99,19 @@ pub fn evaluate_site(
 ) -> SiteEvaluation {
     let mut subjects = Vec::new();
     for s in site.part(part) {
-        let Some(labels) = &s.labels else { continue };
+        let Some(original) = &s.original_labels else {
+            continue;
+        };
         let mut slices = s.slices.clone();
         if let Some(r) = reference {
             match_to_reference(&mut slices, r);
         }
-        let pred = segment_subject(model, &slices, device);
+        let prepared = segment_subject(model, &slices, device);
+        let restored = restore_label(&prepared, s.shape, s.spacing, &site.preprocess);
+        let planes =
+            |v: &ndarray::Array3<u8>| (0..v.dim().2).map(|z| slice_of(v, z)).collect::<Vec<_>>();
+        let (pred, labels) = (planes(&restored), planes(original));
+        let labels = &labels;
         subjects.push(SubjectDice {
             subject: s.id.clone(),
             blood_pool: dice(&pred, labels, Structure::BloodPool),
