@@ -304,7 +304,8 @@ pub fn synthesize(opts: &SynthOptions) -> Result<Vec<CenterSummary>, SynthError>
                 .filter(|a| a.n > 1)
                 .map(|a| a.stat().sd)
                 .collect();
-            per.iter().sum::<f32>() / per.len().max(1) as f32
+            // An empty f32 sum is -0.0; report 0.
+            (per.iter().sum::<f32>() / per.len().max(1) as f32).max(0.0)
         };
         let sd_within = [
             within(|s| &s.blood),
