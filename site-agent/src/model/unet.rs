@@ -10,7 +10,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig, PaddingConfig2d};
+use burn::nn::{InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +168,6 @@ pub struct ConvBlock {
     pub norm1: InstanceNorm,
     pub conv2: Conv2d,
     pub norm2: InstanceNorm,
-    act: LeakyRelu,
 }
 
 impl ConvBlock {
@@ -183,14 +182,19 @@ impl ConvBlock {
             norm1: InstanceNormConfig::new(cout).init(device),
             conv2: conv(cout, cout),
             norm2: InstanceNormConfig::new(cout).init(device),
-            act: LeakyReluConfig::new().init(),
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.act.forward(self.norm1.forward(self.conv1.forward(x)));
-        self.act.forward(self.norm2.forward(self.conv2.forward(x)))
+        let x = leaky_relu(self.norm1.forward(self.conv1.forward(x)));
+        leaky_relu(self.norm2.forward(self.conv2.forward(x)))
     }
+}
+
+/// LeakyReLU(0.01) as 0.99·relu(x) + 0.01·x: the same function, but without the mask the
+/// flex backend builds for `leaky_relu` (7 % of a CPU training step in a profile).
+fn leaky_relu(x: Tensor<4>) -> Tensor<4> {
+    burn::tensor::activation::relu(x.clone()).mul_scalar(0.99) + x.mul_scalar(0.01)
 }
 
 #[derive(Module, Debug)]
