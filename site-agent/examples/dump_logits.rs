@@ -12,7 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use fedseg_site::model::NamedTensor;
 use fedseg_site::model::params::load_named;
 use fedseg_site::model::safetensors::write_safetensors;
-use fedseg_site::train::{DeviceKind, build_model, device_for, load_weights, weights_provenance};
+use fedseg_site::train::{DeviceKind, WeightsFile, build_model, device_for};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,15 +21,13 @@ fn main() -> anyhow::Result<()> {
     };
     let size: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(128);
     let weights = PathBuf::from(weights);
-    let (unet, _) = weights_provenance(&weights)?;
-    let unet =
-        unet.ok_or_else(|| anyhow::anyhow!("{}: no fedseg.unet metadata", weights.display()))?;
+    let file = WeightsFile::read(&weights)?;
+    let unet = file
+        .unet
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{}: no fedseg.unet metadata", weights.display()))?;
     let device = device_for(DeviceKind::Cpu)?;
-    let model = load_named(
-        build_model(&unet, 0, &device),
-        &load_weights(&weights, &unet)?,
-    )?
-    .valid();
+    let model = load_named(build_model(&unet, 0, &device), &file.tensors_for(&unet)?)?.valid();
     // Two smooth, different slices: reproducible without sharing a random generator.
     let batch = 2;
     let input: Vec<f32> = (0..batch * size * size)

@@ -4,16 +4,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::tensor::Device;
 use fedseg_site::data::{Part, SiteConfig, prepare_site};
 use fedseg_site::eval::{evaluate_site, segment_subject};
 use fedseg_site::histogram::{HistogramReference, match_to_reference};
 use fedseg_site::model::params::{load_named, param_count};
-use fedseg_site::model::{TrainableSet, UNetConfig};
+use fedseg_site::model::{TrainableSet, UNet, UNetConfig};
 use fedseg_site::nifti_io::{read_volume, write_volume};
 use fedseg_site::preprocess::{PreprocessConfig, prepare_image, restore_label};
 use fedseg_site::train::{
-    DeviceKind, TrainRequest, build_model, device_for, load_weights, train as run_training,
-    weights_provenance,
+    DeviceKind, TrainRequest, WeightsFile, build_model, device_for, load_weights,
+    train as run_training,
 };
 
 #[allow(clippy::too_many_arguments)]
@@ -94,13 +95,27 @@ pub fn train(
     Ok(0)
 }
 
-/// The architecture of a weights file: from its metadata, else the site config's.
-fn weights_unet(
-    weights: &Path,
+/// A validation-mode model from a weights file, whose recorded architecture wins over
+/// `fallback`; also returns the preprocessing the file records.
+fn model_from_weights(
+    path: &Path,
     fallback: &UNetConfig,
-) -> Result<(UNetConfig, Option<PreprocessConfig>)> {
-    let (unet, pre) = weights_provenance(weights)?;
-    Ok((unet.unwrap_or_else(|| fallback.clone()), pre))
+    input_size: Option<usize>,
+    device: &Device,
+) -> Result<(UNet, Option<PreprocessConfig>)> {
+    let file = WeightsFile::read(path)?;
+    let unet = file.unet.clone().unwrap_or_else(|| fallback.clone());
+    let pre = file.preprocess.clone();
+    let size = input_size
+        .or(pre.as_ref().map(|p| p.size))
+        .unwrap_or_default()
+        .max(1);
+    unet.validate(size)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let model = load_named(build_model(&unet, 0, device), &file.tensors_for(&unet)?)
+        .with_context(|| format!("loading {}", path.display()))?
+        .valid();
+    Ok((model, pre))
 }
 
 fn load_reference(path: Option<PathBuf>) -> Result<Option<HistogramReference>> {
@@ -116,14 +131,9 @@ pub fn evaluate(
     json: bool,
 ) -> Result<i32> {
     let cfg = SiteConfig::load(&config)?;
-    let (unet, _) = weights_unet(&weights, &cfg.train.unet().map_err(anyhow::Error::msg)?)?;
-    unet.validate(cfg.preprocess.size)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-    let tensors = load_weights(&weights, &unet)?;
     let device = device_for(cfg.train.device)?;
-    let model = load_named(build_model(&unet, 0, &device), &tensors)
-        .with_context(|| format!("loading {}", weights.display()))?
-        .valid();
+    let fallback = cfg.train.unet().map_err(anyhow::Error::msg)?;
+    let (model, _) = model_from_weights(&weights, &fallback, Some(cfg.preprocess.size), &device)?;
     let reference = load_reference(hist_ref)?;
     let site = prepare_site(&cfg, true)?;
     let result = evaluate_site(&model, &site, part, reference.as_ref(), &device);
@@ -167,15 +177,9 @@ pub fn predict(
     output: PathBuf,
     hist_ref: Option<PathBuf>,
 ) -> Result<i32> {
-    let (unet, pre) = weights_unet(&weights, &UNetConfig::cpu())?;
-    let pre = pre.unwrap_or_default();
-    unet.validate(pre.size)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-    let tensors = load_weights(&weights, &unet)?;
     let device = device_for(DeviceKind::Cpu)?;
-    let model = load_named(build_model(&unet, 0, &device), &tensors)
-        .with_context(|| format!("loading {}", weights.display()))?
-        .valid();
+    let (model, pre) = model_from_weights(&weights, &UNetConfig::cpu(), None, &device)?;
+    let pre = pre.unwrap_or_default();
     let reference = load_reference(hist_ref)?;
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let mut failed = 0;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fedseg_site::data::{Part, SiteConfig};
 
 mod commands;
-use fedseg_site::synth::{CENTER_NAMES, Modality, SynthOptions, synthesize};
+use fedseg_site::synth::{Modality, SynthOptions, synthesize};
 
 #[derive(Parser)]
 #[command(
@@ -234,7 +234,6 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{report}");
                 println!("montage: {}", png.display());
             }
-            let _ = CENTER_NAMES;
             Ok(0)
         }
         Command::Inspect { config, json } => {

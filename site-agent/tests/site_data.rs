@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use fedseg_site::data::labels::{BLOOD_POOL, MYOCARDIUM};
-use fedseg_site::data::{DataError, Layout, Part, SiteConfig, prepare_site};
+use fedseg_site::data::{DataError, Layout, SiteConfig, prepare_site};
 use fedseg_site::inspect::inspect;
 use fedseg_site::nifti_io::{header_with_spacing, read_volume, write_volume};
 use fedseg_site::synth::{Modality, SynthOptions, synthesize};
@@ -397,5 +397,4 @@ fn paper_splits_are_expressible() {
         t2.test, t4.test,
         "every experiment tests on the same subjects"
     );
-    let _ = Part::Test;
 }

@@ -87,14 +87,16 @@ impl Split {
     }
 }
 
-/// FNV-1a: a hash whose value is fixed by its definition, unlike std's `DefaultHasher`.
-fn fnv1a(seed: u64, text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.to_le_bytes().iter().chain(text.as_bytes()) {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// FNV-1a: a hash whose value is fixed by its definition (unlike std's `DefaultHasher`), for
+/// orders and ids that must be the same in every process and on every machine.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn seeded_hash(seed: u64, text: &str) -> u64 {
+    fnv1a(&[&seed.to_le_bytes()[..], text.as_bytes()].concat())
 }
 
 impl SplitSpec {
@@ -116,7 +118,7 @@ impl SplitSpec {
     pub fn apply(&self, subject_ids: &[String]) -> Result<Split, String> {
         let total = subject_ids.len();
         let mut order: Vec<&String> = subject_ids.iter().collect();
-        order.sort_by_key(|id| (fnv1a(self.seed, id), (*id).clone()));
+        order.sort_by_key(|id| (seeded_hash(self.seed, id), (*id).clone()));
         let n_test = self.test.resolve(total);
         let n_val = self.val.resolve(total);
         let rest = total.saturating_sub(n_test + n_val);

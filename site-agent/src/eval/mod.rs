@@ -111,12 +111,11 @@ pub fn evaluate_site(
         let planes =
             |v: &ndarray::Array3<u8>| (0..v.dim().2).map(|z| slice_of(v, z)).collect::<Vec<_>>();
         let (pred, labels) = (planes(&restored), planes(original));
-        let labels = &labels;
         subjects.push(SubjectDice {
             subject: s.id.clone(),
-            blood_pool: dice(&pred, labels, Structure::BloodPool),
-            myocardium: dice(&pred, labels, Structure::Myocardium),
-            lv: dice(&pred, labels, Structure::WholeLv),
+            blood_pool: dice(&pred, &labels, Structure::BloodPool),
+            myocardium: dice(&pred, &labels, Structure::Myocardium),
+            lv: dice(&pred, &labels, Structure::WholeLv),
         });
     }
     SiteEvaluation {

@@ -9,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::trainable::TrainableSet;
 use super::unet::UNet;
+use crate::data::split::fnv1a;
 
 /// A tensor by name, in row-major order.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,17 +211,6 @@ pub fn apply_trainable(model: UNet, set: &TrainableSet) -> UNet {
     model.map(&mut f)
 }
 
-/// FNV-1a of a parameter name: a parameter id that is the same in every process, so optimiser
-/// state saved in a checkpoint finds its parameters again after a restart.
-fn stable_id(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 struct StableIds {
     at: PathTracker,
 }
@@ -234,7 +224,8 @@ impl ModuleMapper for StableIds {
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (_, value, mapper) = param.consume();
-        let id = ParamId::from(stable_id(&public_name(&self.at.path)));
+        // Same id in every process: saved optimiser state finds its parameter after a restart.
+        let id = ParamId::from(fnv1a(public_name(&self.at.path).as_bytes()));
         Param::from_mapped_value(id, value, mapper)
     }
 }

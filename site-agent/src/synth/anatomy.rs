@@ -36,15 +36,7 @@ struct Ellipse {
 
 impl Ellipse {
     fn new(cx: f32, cy: f32, ax: f32, ay: f32, rot: f32) -> Self {
-        let (sin, cos) = rot.sin_cos();
-        Self {
-            cx,
-            cy,
-            ax,
-            ay,
-            sin,
-            cos,
-        }
+        Self::rotated(cx, cy, ax, ay, rot.sin_cos())
     }
 
     /// With the rotation given as sine and cosine.

@@ -128,37 +128,44 @@ pub fn save_weights(
     write_safetensors(path, &named_tensors(model), &weights_metadata(unet, extra))
 }
 
-/// The architecture and preprocessing recorded in a weights file, if it says.
-pub fn weights_provenance(
-    path: &Path,
-) -> Result<(Option<UNetConfig>, Option<PreprocessConfig>), TrainError> {
-    let file = read_safetensors(path)?;
-    let unet = file
-        .metadata
-        .get("fedseg.unet")
-        .and_then(|s| serde_json::from_str(s).ok());
-    let pre = file
-        .metadata
-        .get("fedseg.preprocess")
-        .and_then(|s| serde_json::from_str(s).ok());
-    Ok((unet, pre))
+/// A weights file read once: its tensors and the architecture and preprocessing it records.
+#[derive(Debug, Clone)]
+pub struct WeightsFile {
+    pub path: PathBuf,
+    pub tensors: Vec<NamedTensor>,
+    pub unet: Option<UNetConfig>,
+    pub preprocess: Option<PreprocessConfig>,
+}
+
+impl WeightsFile {
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let file = read_safetensors(path)?;
+        let meta = |key: &str| file.metadata.get(key).cloned();
+        Ok(Self {
+            path: path.to_path_buf(),
+            unet: meta("fedseg.unet").and_then(|s| serde_json::from_str(&s).ok()),
+            preprocess: meta("fedseg.preprocess").and_then(|s| serde_json::from_str(&s).ok()),
+            tensors: file.tensors,
+        })
+    }
+
+    /// The tensors, if the file was made for `unet` (or does not say what it was made for).
+    pub fn tensors_for(self, unet: &UNetConfig) -> Result<Vec<NamedTensor>, TrainError> {
+        match &self.unet {
+            Some(theirs) if theirs != unet => Err(TrainError::Checkpoint {
+                path: self.path,
+                reason: format!(
+                    "weights are for another architecture: {theirs:?}, this model is {unet:?}"
+                ),
+            }),
+            _ => Ok(self.tensors),
+        }
+    }
 }
 
 /// Reads a weights file and checks that it was made for `unet` (when it says).
 pub fn load_weights(path: &Path, unet: &UNetConfig) -> Result<Vec<NamedTensor>, TrainError> {
-    let file = read_safetensors(path)?;
-    if let Some(arch) = file.metadata.get("fedseg.unet")
-        && let Ok(theirs) = serde_json::from_str::<UNetConfig>(arch)
-        && &theirs != unet
-    {
-        return Err(TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            reason: format!(
-                "weights are for another architecture: {theirs:?}, this model is {unet:?}"
-            ),
-        });
-    }
-    Ok(file.tensors)
+    WeightsFile::read(path)?.tensors_for(unet)
 }
 
 fn checkpoint_err(path: &Path, reason: impl std::fmt::Display) -> TrainError {
