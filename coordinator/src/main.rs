@@ -1,14 +1,220 @@
-//! `coordinator`: the federation operator's program (gRPC server, job plans, aggregation,
-//! sled store, admin CLI, `simulate`). It sees models only as named f32 tensors and never
-//! depends on burn.
-//!
-//! Not built yet: the federation lands with issue 3 and `simulate` with issue 4. Until then this
-//! binary says so and exits non-zero, so no script mistakes it for a working coordinator.
+//! `coordinator`: serve a federation, manage its PKI, and administer jobs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fedseg_coordinator::config::CoordinatorConfig;
+use fedseg_coordinator::pki::{self, PkiLayout, Role};
+use fedseg_coordinator::report::{JobStatus, Results};
+use fedseg_coordinator::{admin, server};
+
+#[derive(Parser)]
+#[command(name = "coordinator", version, about = "fedseg coordinator: federated U-Net training across hospitals")]
+struct Cli {
+    /// Admin bundle config for job/sites/model commands (written by `pki issue-admin`).
+    #[arg(long, global = true, env = "FEDSEG_ADMIN", default_value = "admin.toml")]
+    admin: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create the federation CA and issue certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Submit, follow, and cancel jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Sites that have joined, and whether they are connected.
+    Sites {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Model versions.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the CA and the coordinator's server certificate.
+    Init {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        #[arg(long, default_value = "fedseg")]
+        federation: String,
+        /// Names and addresses the coordinator is reached at.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+    },
+    /// Issue a site certificate: a bundle folder to hand to the hospital.
+    IssueSite {
+        name: String,
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long, default_value = "https://localhost:7443")]
+        endpoint: String,
+    },
+    /// Issue an admin certificate (and an admin.toml for the job commands).
+    IssueAdmin {
+        name: String,
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long, default_value = "https://localhost:7443")]
+        endpoint: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    Submit { plan: PathBuf },
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Results {
+        id: String,
+        #[arg(long, default_value = "text", value_parser = ["text", "markdown", "csv", "json"])]
+        format: String,
+    },
+    Cancel { id: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download a model version ("VERSION", "JOB/STAGE" or "JOB/STAGE/ROUND") as safetensors.
+    Export { version: String, out: PathBuf },
+}
 
 fn main() {
-    eprintln!(
-        "coordinator: not built yet — the federation (serve, pki, job, sites, model, simulate) \
-         is the next milestone. Meanwhile `site-agent synth|inspect|show` work on their own."
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn issue(dir: PathBuf, role: Role, name: &str, days: i64, endpoint: &str) -> Result<i32> {
+    let layout = PkiLayout::new(dir);
+    let now = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    let b = pki::issue(&layout, role, name, now, days)?;
+    let snippet = format!(
+        "coordinator = \"{endpoint}\"\nca = \"ca.crt\"\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\n"
     );
-    std::process::exit(2);
+    let toml_name = if role == Role::Admin { "admin.toml" } else { "federation.toml" };
+    std::fs::write(b.dir.join(toml_name), &snippet)?;
+    println!("issued {role:?} certificate for {name}: {}", b.dir.display());
+    println!("  fingerprint (for `revoked` in coordinator.toml): {}", b.fingerprint);
+    println!("  valid until {}", b.not_after);
+    if role == Role::Site {
+        println!("  give the folder to the site; its site.toml gets:\n[federation]\n{snippet}");
+    }
+    Ok(0)
+}
+
+fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let admin = cli.admin.clone();
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let cfg = CoordinatorConfig::load(&config)?;
+            rt.block_on(server::serve(cfg, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }))?;
+            Ok(0)
+        }
+        Command::Pki { command } => match command {
+            PkiCommand::Init { dir, federation, hosts } => {
+                pki::init(&PkiLayout::new(&dir), &federation, &hosts)?;
+                println!("federation CA and coordinator certificate written to {}", dir.display());
+                Ok(0)
+            }
+            PkiCommand::IssueSite { name, dir, days, endpoint } => issue(dir, Role::Site, &name, days, &endpoint),
+            PkiCommand::IssueAdmin { name, dir, days, endpoint } => issue(dir, Role::Admin, &name, days, &endpoint),
+        },
+        Command::Job { command } => rt.block_on(async {
+            match command {
+                JobCommand::Submit { plan } => {
+                    let id = admin::submit(&admin, &plan).await?;
+                    println!("{id}");
+                }
+                JobCommand::Status { id, json } => {
+                    let doc = admin::json_call(&admin, "status", Some(id)).await?;
+                    if json {
+                        println!("{doc}");
+                    } else {
+                        let s: JobStatus = serde_json::from_str(&doc).context("status document")?;
+                        print!("{}", s.render());
+                    }
+                }
+                JobCommand::Results { id, format } => {
+                    let doc = admin::json_call(&admin, "results", Some(id)).await?;
+                    let r: Results = serde_json::from_str(&doc).context("results document")?;
+                    match format.as_str() {
+                        "json" => println!("{doc}"),
+                        "markdown" => print!("{}", r.markdown()),
+                        "csv" => print!("{}", r.csv()),
+                        _ => print!("{}", r.render()),
+                    }
+                }
+                JobCommand::Cancel { id } => println!("{}", admin::json_call(&admin, "cancel", Some(id)).await?),
+                JobCommand::List => println!("{}", admin::json_call(&admin, "jobs", None).await?),
+            }
+            Ok(0)
+        }),
+        Command::Sites { json } => rt.block_on(async {
+            let doc = admin::json_call(&admin, "sites", None).await?;
+            if json {
+                println!("{doc}");
+            } else {
+                let rows: Vec<serde_json::Value> = serde_json::from_str(&doc)?;
+                for r in rows {
+                    println!(
+                        "{:<16} {:<10} {:<5} train slices {:>6}  state {}",
+                        r["site"]["name"].as_str().unwrap_or("?"),
+                        if r["connected"].as_bool() == Some(true) { "connected" } else { "away" },
+                        r["site"]["device"].as_str().unwrap_or("?"),
+                        r["site"]["train_slices"].as_u64().unwrap_or(0),
+                        r["live"]["state"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(0)
+        }),
+        Command::Model { command: ModelCommand::Export { version, out } } => rt.block_on(async {
+            let (id, sha, size) = admin::export(&admin, &version, &out).await?;
+            println!("model {id} ({size} bytes, sha256 {sha}) written to {}", out.display());
+            Ok(0)
+        }),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

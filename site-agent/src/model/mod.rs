@@ -3,7 +3,8 @@
 
 pub mod loss;
 pub mod params;
-pub mod safetensors;
+/// safetensors files live in the wire-protocol crate: the coordinator reads them too.
+pub use fedseg_proto::safetensors;
 pub mod trainable;
 pub mod unet;
 

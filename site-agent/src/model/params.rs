@@ -11,13 +11,7 @@ use super::trainable::TrainableSet;
 use super::unet::UNet;
 use crate::data::split::fnv1a;
 
-/// A tensor by name, in row-major order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NamedTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
+pub use fedseg_proto::safetensors::NamedTensor;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamsError {

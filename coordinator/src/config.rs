@@ -1,0 +1,102 @@
+//! `coordinator.toml`: where the coordinator listens, keeps its state and finds its PKI.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address of the gRPC (mutual TLS) listener, e.g. "0.0.0.0:7443".
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Folder for the sled database and the model blobs. Relative to the config file.
+    #[serde(default = "default_state")]
+    pub state_dir: PathBuf,
+    /// Folder made by `coordinator pki init`. Relative to the config file.
+    #[serde(default = "default_pki")]
+    pub pki_dir: PathBuf,
+    /// A site that has not sent a heartbeat for this long counts as gone for quorum decisions.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout_s: f64,
+    /// Heartbeat period the coordinator asks agents for.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u32,
+    /// SHA-256 fingerprints (hex) of revoked client certificates; `pki issue-*` prints them.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// Largest model file accepted from a site.
+    #[serde(default = "default_max_model")]
+    pub max_model_bytes: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7443".into()
+}
+fn default_state() -> PathBuf {
+    "state".into()
+}
+fn default_pki() -> PathBuf {
+    "pki".into()
+}
+fn default_heartbeat_timeout() -> f64 {
+    30.0
+}
+fn default_heartbeat() -> u32 {
+    5
+}
+fn default_max_model() -> u64 {
+    8 << 30
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        // An empty document takes every default.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("defaults parse"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl CoordinatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut cfg: CoordinatorConfig = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.state_dir, &mut cfg.pki_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.heartbeat_timeout_s > 0.0) {
+            return Err("heartbeat_timeout_s must be positive".into());
+        }
+        if self.heartbeat_s == 0 || f64::from(self.heartbeat_s) >= self.heartbeat_timeout_s {
+            return Err(format!(
+                "heartbeat_s ({}) must be positive and below heartbeat_timeout_s ({})",
+                self.heartbeat_s, self.heartbeat_timeout_s
+            ));
+        }
+        for f in &self.revoked {
+            if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "revoked: {f:?} is not a SHA-256 certificate fingerprint (64 hex digits)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! `coordinator serve`: the mutual-TLS gRPC listener and the engine's clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedseg_proto::pb::{admin_server::AdminServer, site_server::SiteServer};
+use fedseg_proto::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+
+use crate::config::CoordinatorConfig;
+use crate::engine::Federation;
+use crate::pki::PkiLayout;
+use crate::service::{AdminService, SiteService};
+
+/// Runs until `shutdown` resolves. The engine ticks twice a second, so deadlines and
+/// heartbeat timeouts are noticed without any site calling in.
+pub async fn serve(
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = crate::tls::server_config(&PkiLayout::new(&config.pki_dir), &config.revoked)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let fed = Federation::open(config)?;
+    let ticker = {
+        let fed = Arc::clone(&fed);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = fed.tick().await {
+                    tracing::error!("engine: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    tracing::info!(%addr, "coordinator listening (mutual TLS)");
+    // Scripts wait for this line to know the port (useful with port 0).
+    println!("listening on {addr}");
+    let site = SiteServer::new(SiteService { fed: Arc::clone(&fed) })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService { fed: Arc::clone(&fed) })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(site)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+        .await;
+    ticker.abort();
+    result?;
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Aggregation strategies behind one small trait, after Flower's `Strategy`: `configure`
+//! says what sites receive with a training task, `aggregate` combines the accepted updates
+//! into the next global model. Built-ins: FedAvg (weighted by training-sample count),
+//! FedProx (FedAvg plus a proximal weight sent to sites), FedAdam and FedYogi (a server-side
+//! optimiser over the averaged update, Reddi et al. 2021). All stream tensor by tensor.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use fedseg_proto::pb::TrainSpec;
+use fedseg_proto::safetensors::{SafetensorsHeader, read_header};
+
+use crate::plan::{Stage, StrategyKind};
+use crate::tensors::{STREAM_ELEMENTS, StreamWriter, read_f32s};
+
+/// One accepted update.
+pub struct UpdateInput {
+    pub site: String,
+    pub path: PathBuf,
+    pub weight: f64,
+}
+
+pub struct AggregateContext<'a> {
+    /// Sorted by site, so summation order (and the result, bit for bit) never depends on
+    /// arrival order.
+    pub updates: &'a [UpdateInput],
+    /// The global model the round started from, if any.
+    pub previous: Option<&'a Path>,
+    /// Server optimiser moments from the previous round (first, second), if any.
+    pub moments: Option<(&'a Path, &'a Path)>,
+    /// Where to write new files.
+    pub out_dir: &'a Path,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Files written by `aggregate`: the model, and the optimiser moments for FedOpt.
+pub struct AggregateOutcome {
+    pub model: (PathBuf, String, u64),
+    pub moments: Option<((PathBuf, String, u64), (PathBuf, String, u64))>,
+}
+
+pub trait Strategy: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn configure(&self, _spec: &mut TrainSpec) {}
+    fn aggregate(&self, ctx: &AggregateContext<'_>) -> Result<AggregateOutcome, String>;
+}
+
+pub fn for_stage(stage: &Stage) -> Box<dyn Strategy> {
+    match stage.strategy {
+        StrategyKind::Fedavg => Box::new(FedAvg),
+        StrategyKind::Fedprox => Box::new(FedProx { mu: stage.mu }),
+        StrategyKind::Fedadam | StrategyKind::Fedyogi => Box::new(FedOpt {
+            yogi: stage.strategy == StrategyKind::Fedyogi,
+            lr: stage.server_lr,
+            beta1: stage.beta1,
+            beta2: stage.beta2,
+            tau: stage.tau,
+        }),
+    }
+}
+
+pub struct FedAvg;
+pub struct FedProx {
+    pub mu: f64,
+}
+pub struct FedOpt {
+    pub yogi: bool,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub tau: f64,
+}
+
+impl Strategy for FedAvg {
+    fn name(&self) -> &'static str {
+        "fedavg"
+    }
+    fn aggregate(&self, ctx: &AggregateContext<'_>) -> Result<AggregateOutcome, String> {
+        stream_mean(ctx, None)
+    }
+}
+
+impl Strategy for FedProx {
+    fn name(&self) -> &'static str {
+        "fedprox"
+    }
+    fn configure(&self, spec: &mut TrainSpec) {
+        spec.prox_mu = self.mu;
+    }
+    fn aggregate(&self, ctx: &AggregateContext<'_>) -> Result<AggregateOutcome, String> {
+        stream_mean(ctx, None)
+    }
+}
+
+impl Strategy for FedOpt {
+    fn name(&self) -> &'static str {
+        if self.yogi { "fedyogi" } else { "fedadam" }
+    }
+    fn aggregate(&self, ctx: &AggregateContext<'_>) -> Result<AggregateOutcome, String> {
+        stream_mean(ctx, Some(self))
+    }
+}
+
+struct Source {
+    file: File,
+    header: SafetensorsHeader,
+    path: PathBuf,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Self, String> {
+        let header = read_header(path).map_err(|e| e.to_string())?;
+        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self {
+            file,
+            header,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn read(
+        &self,
+        name: &str,
+        start: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let entry = self
+            .header
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("{}: no tensor {name}", self.path.display()))?;
+        read_f32s(&self.file, &self.header, entry, start, out, bytes, n)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+fn writer(path: PathBuf, schema: &[(String, Vec<usize>)], meta: &BTreeMap<String, String>) -> Result<StreamWriter, String> {
+    StreamWriter::create(&path, schema, meta).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The weighted mean of the updates, optionally followed by a server optimiser step from the
+/// previous global model; one pass over all files, `STREAM_ELEMENTS` values at a time.
+fn stream_mean(ctx: &AggregateContext<'_>, opt: Option<&FedOpt>) -> Result<AggregateOutcome, String> {
+    let first = ctx.updates.first().ok_or("no updates to aggregate")?;
+    let total: f64 = ctx.updates.iter().map(|u| u.weight).sum();
+    if !(total > 0.0) {
+        return Err("updates carry no training samples".into());
+    }
+    let sources: Vec<Source> = ctx
+        .updates
+        .iter()
+        .map(|u| Source::open(&u.path))
+        .collect::<Result<_, _>>()?;
+    let schema: Vec<(String, Vec<usize>)> = sources[0]
+        .header
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let tag = format!("{}-{}", std::process::id(), first.site);
+    let mut model = writer(ctx.out_dir.join(format!(".agg-{tag}")), &schema, &ctx.metadata)?;
+    // FedOpt needs the previous model; without one (a first round from scratch) the mean is
+    // the model and the moments start at zero.
+    let previous = match (opt, ctx.previous) {
+        (Some(_), Some(p)) => Some(Source::open(p)?),
+        _ => None,
+    };
+    let moments_in = match (opt, ctx.moments) {
+        (Some(_), Some((m, v))) => Some((Source::open(m)?, Source::open(v)?)),
+        _ => None,
+    };
+    let empty = BTreeMap::new();
+    let mut moments_out = match opt {
+        Some(_) => Some((
+            writer(ctx.out_dir.join(format!(".m-{tag}")), &schema, &empty)?,
+            writer(ctx.out_dir.join(format!(".v-{tag}")), &schema, &empty)?,
+        )),
+        None => None,
+    };
+    let (mut vals, mut bytes) = (Vec::new(), Vec::new());
+    let (mut prev, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    let mut acc: Vec<f64> = Vec::with_capacity(STREAM_ELEMENTS);
+    let mut out: Vec<f32> = Vec::with_capacity(STREAM_ELEMENTS);
+    for (name, shape) in &schema {
+        let len: usize = shape.iter().product();
+        let mut start = 0;
+        while start < len {
+            let n = STREAM_ELEMENTS.min(len - start);
+            acc.clear();
+            acc.resize(n, 0.0);
+            for (src, u) in sources.iter().zip(ctx.updates) {
+                src.read(name, start, n, &mut vals, &mut bytes)?;
+                for (a, x) in acc.iter_mut().zip(&vals) {
+                    *a += u.weight * f64::from(*x);
+                }
+            }
+            out.clear();
+            out.extend(acc.iter().map(|a| (a / total) as f32));
+            if let (Some(o), Some((mw, vw))) = (opt, moments_out.as_mut()) {
+                if let Some(p) = &previous {
+                    p.read(name, start, n, &mut prev, &mut bytes)?;
+                } else {
+                    prev.clear();
+                    prev.extend_from_slice(&out);
+                }
+                if let Some((ms, vs)) = &moments_in {
+                    ms.read(name, start, n, &mut m, &mut bytes)?;
+                    vs.read(name, start, n, &mut v, &mut bytes)?;
+                } else {
+                    m.clear();
+                    m.resize(n, 0.0);
+                    v.clear();
+                    v.resize(n, 0.0);
+                }
+                for i in 0..n {
+                    let delta = f64::from(out[i]) - f64::from(prev[i]);
+                    let mi = o.beta1 * f64::from(m[i]) + (1.0 - o.beta1) * delta;
+                    let d2 = delta * delta;
+                    let vi = if o.yogi {
+                        let vp = f64::from(v[i]);
+                        vp - (1.0 - o.beta2) * d2 * (vp - d2).signum()
+                    } else {
+                        o.beta2 * f64::from(v[i]) + (1.0 - o.beta2) * d2
+                    };
+                    m[i] = mi as f32;
+                    v[i] = vi as f32;
+                    out[i] = (f64::from(prev[i]) + o.lr * mi / (vi.max(0.0).sqrt() + o.tau)) as f32;
+                }
+                mw.write_f32s(&m).map_err(|e| e.to_string())?;
+                vw.write_f32s(&v).map_err(|e| e.to_string())?;
+            }
+            model.write_f32s(&out).map_err(|e| e.to_string())?;
+            start += n;
+        }
+    }
+    let model = model.finish().map_err(|e| e.to_string())?;
+    let moments = match moments_out {
+        Some((mw, vw)) => Some((
+            mw.finish().map_err(|e| e.to_string())?,
+            vw.finish().map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    Ok(AggregateOutcome { model, moments })
+}

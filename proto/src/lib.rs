@@ -1,0 +1,23 @@
+//! fedseg's wire protocol, shared by the coordinator and the site agent: the gRPC services
+//! (`pb`), safetensors model files (the only form in which a model travels), chunked transfer
+//! with SHA-256 digests, and the TLS client setup both binaries dial with.
+
+pub mod client;
+pub mod safetensors;
+pub mod transfer;
+
+/// Generated from `proto/fedseg.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("fedseg.v1");
+}
+
+/// Largest chunk of model bytes one message carries (the bound is 4 MiB; tonic's
+/// default 4 MiB message limit counts framing, so stay below it).
+pub const CHUNK_BYTES: usize = 2 << 20;
+
+/// Message size limit set on both ends: a chunk plus framing, with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// HTTP/2 flow-control windows; the default 64 KiB windows throttle model transfer several-fold.
+pub const WINDOW_BYTES: u32 = 32 << 20;

@@ -1,0 +1,190 @@
+//! Moving model files in chunks: reading a file as a stream of chunks and writing received
+//! chunks to a temporary file while hashing them, so neither side holds a whole model.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::CHUNK_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SHA-256 of a file, streamed.
+pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
+    let io = |source| TransferError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// Reads a file in chunks of at most `CHUNK_BYTES`, sending each into `tx` until the receiver
+/// hangs up. Used by both ends for downloads, uploads and exports.
+pub async fn send_file<T, F>(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    wrap: F,
+) -> Result<u64, TransferError>
+where
+    F: Fn(Vec<u8>) -> T,
+{
+    let io = |source| TransferError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut sent = 0u64;
+    loop {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut filled = 0;
+        // Fill whole chunks: fewer, larger messages move faster.
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..]).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(sent);
+        }
+        buf.truncate(filled);
+        sent += filled as u64;
+        if tx.send(Ok(wrap(buf))).await.is_err() {
+            return Err(TransferError::Invalid("receiver closed".into()));
+        }
+    }
+}
+
+/// A file being received: chunks go to a temporary file beside the destination, hashed as
+/// they arrive; `finish` checks size and digest, fsyncs and renames. Dropped unfinished, the
+/// temporary file is removed, so a broken transfer leaves nothing behind.
+pub struct IncomingFile {
+    tmp: PathBuf,
+    file: Option<tokio::fs::File>,
+    hasher: Sha256,
+    received: u64,
+    limit: u64,
+}
+
+impl IncomingFile {
+    pub async fn create(dir: &Path, limit: u64) -> Result<Self, TransferError> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".incoming-{}-{n}", std::process::id()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|source| TransferError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+        Ok(Self {
+            tmp,
+            file: Some(file),
+            hasher: Sha256::new(),
+            received: 0,
+            limit,
+        })
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), TransferError> {
+        if chunk.len() > crate::CHUNK_BYTES * 2 {
+            return Err(TransferError::Invalid(format!(
+                "chunk of {} bytes exceeds the {} byte limit",
+                chunk.len(),
+                crate::CHUNK_BYTES * 2
+            )));
+        }
+        self.received += chunk.len() as u64;
+        if self.received > self.limit {
+            return Err(TransferError::Invalid(format!(
+                "stream exceeds its announced size of {} bytes",
+                self.limit
+            )));
+        }
+        self.hasher.update(chunk);
+        let tmp = self.tmp.clone();
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| TransferError::Invalid("file already finished".into()))?;
+        file.write_all(chunk)
+            .await
+            .map_err(|source| TransferError::Io { path: tmp, source })
+    }
+
+    /// Checks the byte count and digest, then moves the file to `dest` atomically.
+    /// Returns the hex digest.
+    pub async fn finish(
+        mut self,
+        expected_size: u64,
+        expected_sha256: Option<&str>,
+        dest: &Path,
+    ) -> Result<String, TransferError> {
+        if self.received != expected_size {
+            return Err(TransferError::Invalid(format!(
+                "truncated stream: {} of {expected_size} bytes arrived",
+                self.received
+            )));
+        }
+        let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if let Some(expected) = expected_sha256
+            && !expected.eq_ignore_ascii_case(&digest)
+        {
+            return Err(TransferError::Invalid(format!(
+                "SHA-256 mismatch: sender says {expected}, received bytes hash to {digest}"
+            )));
+        }
+        let io = |path: &Path, source| TransferError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(mut file) = self.file.take() {
+            file.flush().await.map_err(|e| io(&self.tmp, e))?;
+            file.sync_all().await.map_err(|e| io(&self.tmp, e))?;
+        }
+        tokio::fs::rename(&self.tmp, dest)
+            .await
+            .map_err(|e| io(dest, e))?;
+        Ok(digest)
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
