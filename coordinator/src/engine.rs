@@ -374,6 +374,7 @@ impl Federation {
             job_id: job.id.clone(),
             stage: stage_idx as u32,
             round: round.index,
+            stage_name: stage.name.clone(),
             init,
             work: Some(work),
         })

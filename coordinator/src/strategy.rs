@@ -162,7 +162,17 @@ fn stream_mean(ctx: &AggregateContext<'_>, opt: Option<&FedOpt>) -> Result<Aggre
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     let tag = format!("{}-{}", std::process::id(), first.site);
-    let mut model = writer(ctx.out_dir.join(format!(".agg-{tag}")), &schema, &ctx.metadata)?;
+    // Keep what the sites recorded about the architecture (fedseg.unet, fedseg.preprocess), so
+    // the aggregate loads like any trained file; drop per-site keys (epoch, val_dice, site).
+    let mut metadata: BTreeMap<String, String> = sources[0]
+        .header
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("fedseg."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.extend(ctx.metadata.clone());
+    let mut model = writer(ctx.out_dir.join(format!(".agg-{tag}")), &schema, &metadata)?;
     // FedOpt needs the previous model; without one (a first round from scratch) the mean is
     // the model and the moments start at zero.
     let previous = match (opt, ctx.previous) {

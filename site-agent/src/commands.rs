@@ -78,6 +78,8 @@ pub fn train(
         out: &out,
         checkpoint_dir: Some(checkpoint),
         progress: !json,
+        proximal: None,
+        on_epoch: None,
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod data;
 pub mod eval;
+pub mod federation;
 pub mod histogram;
 pub mod inspect;
 pub mod model;

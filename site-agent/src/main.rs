@@ -121,6 +121,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Join a federation: dial the coordinator named in `[federation]`, pull tasks, run them on
+    /// this site's data, send back weights and scores. Runs until stopped.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write a PNG montage of sample slices and intensity histograms of several sites.
     Show {
         /// Site configs (site.toml), or folders holding one per center (as `synth` writes).
@@ -279,6 +285,19 @@ fn run(cli: Cli) -> Result<i32> {
             output,
             hist_ref,
         } => commands::predict(weights, input, output, hist_ref),
+        Command::Run { config } => {
+            let cfg = SiteConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                tokio::select! {
+                    r = fedseg_site::federation::run(cfg) => r.map_err(anyhow::Error::from),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            })?;
+            Ok(0)
+        }
         Command::Stats { config, out } => {
             let cfg = SiteConfig::load(&config)?;
             let site = fedseg_site::data::prepare_site(&cfg, false)?;

@@ -53,6 +53,8 @@ fn run(
         out,
         checkpoint_dir: Some(ckpt.to_path_buf()),
         progress: false,
+        proximal: None,
+        on_epoch: None,
     })
     .unwrap()
 }

@@ -29,6 +29,9 @@ pub struct SiteConfig {
     pub augment: AugmentConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    /// How to reach the coordinator (`site-agent run`); absent for purely local use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::federation::FederationSection>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +65,9 @@ impl SiteConfig {
             } else {
                 base.join(&cfg.data.root)
             };
+        }
+        if let Some(f) = cfg.federation.as_mut() {
+            f.resolve(path.parent().unwrap_or(Path::new(".")));
         }
         cfg.validate().map_err(|reason| DataError::Config {
             path: path.to_path_buf(),

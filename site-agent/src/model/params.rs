@@ -250,3 +250,49 @@ pub fn merge_local(shared: Vec<NamedTensor>, local: &[NamedTensor]) -> Vec<Named
     out.extend(local.iter().cloned());
     out
 }
+
+struct Proximal<'a> {
+    at: PathTracker,
+    anchor: &'a BTreeMap<String, NamedTensor>,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for Proximal<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(anchor) = self.anchor.get(&public_name(&self.at.path)) else {
+            return;
+        };
+        let value = param.val();
+        if !value.is_require_grad() {
+            return;
+        }
+        let device = value.device();
+        let anchor = Tensor::<D>::from_data(
+            TensorData::new(anchor.data.clone(), anchor.shape.clone()),
+            &device,
+        );
+        let d = (value - anchor).powi_scalar(2).sum();
+        self.sum = Some(match self.sum.take() {
+            Some(s) => s + d,
+            None => d,
+        });
+    }
+}
+
+/// FedProx's proximal term ‖w − w_global‖² over the trainable parameters that `anchor`
+/// names, as a differentiable scalar; `None` when nothing matches.
+pub fn proximal_term(model: &UNet, anchor: &BTreeMap<String, NamedTensor>) -> Option<Tensor<1>> {
+    let mut p = Proximal {
+        at: PathTracker::default(),
+        anchor,
+        sum: None,
+    };
+    model.visit(&mut p);
+    p.sum
+}

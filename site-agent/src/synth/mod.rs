@@ -252,6 +252,7 @@ pub fn site_config(center: &str, layout: Layout, subjects: usize) -> SiteConfig 
         },
         augment: AugmentConfig::default(),
         train: TrainConfig::default(),
+        federation: None,
     }
 }
 

@@ -24,7 +24,9 @@ use crate::augment::{AugmentConfig, augment};
 use crate::data::{Part, PreparedSite};
 use crate::eval::evaluate_site;
 use crate::model::loss::deep_supervision_loss;
-use crate::model::params::{apply_trainable, load_named, named_tensors, with_stable_ids};
+use crate::model::params::{
+    apply_trainable, load_named, named_tensors, proximal_term, with_stable_ids,
+};
 use crate::model::safetensors::{SafetensorsError, read_safetensors, write_safetensors};
 use crate::model::{NamedTensor, ParamsError, TrainableSet, UNet, UNetConfig};
 use crate::preprocess::{Plane, PreprocessConfig};
@@ -70,6 +72,10 @@ pub struct TrainRequest<'a> {
     /// Where per-epoch checkpoints live; resumed from if present.
     pub checkpoint_dir: Option<PathBuf>,
     pub progress: bool,
+    /// FedProx: μ and the global model the local one is pulled towards.
+    pub proximal: Option<(f64, Vec<NamedTensor>)>,
+    /// Called after every epoch (the federated agent reports progress with it).
+    pub on_epoch: Option<&'a (dyn Fn(&EpochStats) + Sync)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +252,9 @@ pub fn train(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
         }
     }
 
+    let anchor: Option<(f64, BTreeMap<String, NamedTensor>)> = req.proximal.as_ref().map(|(mu, t)| {
+        (*mu, t.iter().map(|x| (x.name.clone(), x.clone())).collect())
+    });
     let mut progress = Progress::new(req.progress, cfg.epochs);
     for epoch in outcome.epochs.len()..cfg.epochs {
         let started = Instant::now();
@@ -273,8 +282,14 @@ pub fn train(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
             }
             let x = batch::input_tensor(&images, &ad);
             let targets = batch::targets(&labels, unet.classes, heads, &ad);
-            let loss = deep_supervision_loss(model.forward(x), targets);
+            let mut loss = deep_supervision_loss(model.forward(x), targets);
+            // The reported loss stays the segmentation loss; the proximal term only steers.
             let value: f32 = loss.clone().into_scalar::<f32>();
+            if let Some((mu, anchor)) = &anchor
+                && let Some(term) = proximal_term(&model, anchor)
+            {
+                loss = loss + term.mul_scalar(*mu / 2.0);
+            }
             if !value.is_finite() {
                 return Err(TrainError::Diverged { epoch, value });
             }
@@ -321,6 +336,9 @@ pub fn train(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
                     ),
                 ],
             )?;
+        }
+        if let Some(f) = req.on_epoch {
+            f(&stats);
         }
         outcome.epochs.push(stats);
         if let Some(dir) = &req.checkpoint_dir {
