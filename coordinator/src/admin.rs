@@ -4,18 +4,23 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use fedseg_proto::MAX_MESSAGE_BYTES;
 use fedseg_proto::client::FederationEndpoint;
 use fedseg_proto::pb::{self, admin_client::AdminClient};
 use fedseg_proto::transfer::IncomingFile;
-use fedseg_proto::MAX_MESSAGE_BYTES;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 /// Reads an admin bundle's `admin.toml` (paths relative to it).
 pub fn load_endpoint(path: &Path) -> Result<FederationEndpoint> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading admin config {} (made by `coordinator pki issue-admin`)", path.display()))?;
-    let mut ep: FederationEndpoint = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading admin config {} (made by `coordinator pki issue-admin`)",
+            path.display()
+        )
+    })?;
+    let mut ep: FederationEndpoint =
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     ep.resolve(path.parent().unwrap_or(Path::new(".")));
     Ok(ep)
 }
@@ -33,17 +38,23 @@ fn status(e: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn submit(admin: &Path, plan: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(plan).with_context(|| format!("reading {}", plan.display()))?;
+    let text =
+        std::fs::read_to_string(plan).with_context(|| format!("reading {}", plan.display()))?;
     // Check locally first: a plan error is then reported against the file.
     crate::plan::Plan::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", plan.display()))?;
     let mut c = connect(admin).await?;
-    let r = c.submit_plan(pb::SubmitRequest { plan_toml: text }).await.map_err(status)?;
+    let r = c
+        .submit_plan(pb::SubmitRequest { plan_toml: text })
+        .await
+        .map_err(status)?;
     Ok(r.into_inner().job_id)
 }
 
 pub async fn json_call(admin: &Path, what: &str, job: Option<String>) -> Result<String> {
     let mut c = connect(admin).await?;
-    let req = || pb::JobRequest { job_id: job.clone().unwrap_or_default() };
+    let req = || pb::JobRequest {
+        job_id: job.clone().unwrap_or_default(),
+    };
     let reply = match what {
         "status" => c.job_status(req()).await,
         "results" => c.job_results(req()).await,
@@ -61,13 +72,25 @@ pub async fn json_call(admin: &Path, what: &str, job: Option<String>) -> Result<
 pub async fn export(admin: &Path, version: &str, out: &Path) -> Result<(String, String, u64)> {
     let mut c = connect(admin).await?;
     let reply = c
-        .export_model(pb::DownloadRequest { version: version.to_string() })
+        .export_model(pb::DownloadRequest {
+            version: version.to_string(),
+        })
         .await
         .map_err(status)?;
-    let meta = |k: &str| reply.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let meta = |k: &str| {
+        reply
+            .metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let sha = meta("x-sha256").unwrap_or_default();
     let id = meta("x-version").unwrap_or_else(|| version.to_string());
-    let dir: PathBuf = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir: PathBuf = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let mut file = IncomingFile::create(&dir, u64::MAX).await?;
     let mut stream = reply.into_inner();
     while let Some(chunk) = stream.next().await {

@@ -81,7 +81,7 @@ impl CoordinatorConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.heartbeat_timeout_s > 0.0) {
+        if self.heartbeat_timeout_s.is_nan() || self.heartbeat_timeout_s <= 0.0 {
             return Err("heartbeat_timeout_s must be positive".into());
         }
         if self.heartbeat_s == 0 || f64::from(self.heartbeat_s) >= self.heartbeat_timeout_s {

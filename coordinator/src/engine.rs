@@ -98,7 +98,9 @@ impl Federation {
                     short(&job.plan_hash),
                     short(&plan.hash())
                 )),
-                Err(e) => Some(format!("the stored plan no longer parses ({e}): refusing to resume")),
+                Err(e) => Some(format!(
+                    "the stored plan no longer parses ({e}): refusing to resume"
+                )),
             };
             if let Some(reason) = problem {
                 tracing::error!(job = job.id, "{reason}");
@@ -108,7 +110,11 @@ impl Federation {
                 self.store.put_job(&job)?;
             } else {
                 let stage = job.stages.get(job.stage).map(|s| s.name.clone());
-                let round = job.stages.get(job.stage).and_then(|s| s.rounds.last()).map(|r| r.index + 1);
+                let round = job
+                    .stages
+                    .get(job.stage)
+                    .and_then(|s| s.rounds.last())
+                    .map(|r| r.index + 1);
                 tracing::info!(job = job.id, ?stage, ?round, "resuming job");
             }
         }
@@ -145,7 +151,9 @@ impl Federation {
         live.iter()
             .map(|(k, v)| {
                 let mut v = v.clone();
-                v.seconds_since_seen = v.last_seen.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+                v.seconds_since_seen = v
+                    .last_seen
+                    .map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
                 (k.clone(), v)
             })
             .collect()
@@ -175,7 +183,11 @@ impl Federation {
         rec.train_subjects = req.train_subjects;
         rec.train_slices = req.train_slices;
         self.store.put_site(&rec)?;
-        self.store.audit(site, "join", &format!("agent {} on {}", req.agent_version, req.device))?;
+        self.store.audit(
+            site,
+            "join",
+            &format!("agent {} on {}", req.agent_version, req.device),
+        )?;
         self.touch(site, None);
         self.bump();
         Ok(())
@@ -206,14 +218,19 @@ impl Federation {
     // ----- jobs -----
 
     pub async fn submit(&self, plan_toml: &str, who: &str) -> Result<String, EngineError> {
-        let plan = Plan::parse(plan_toml).map_err(|e| EngineError::Invalid(format!("plan: {e}")))?;
+        let plan =
+            Plan::parse(plan_toml).map_err(|e| EngineError::Invalid(format!("plan: {e}")))?;
         let _g = self.lock.lock().await;
         let id = self.store.next_job_id()?;
         let job = JobRecord {
             id: id.clone(),
             plan_toml: plan_toml.to_string(),
             plan_hash: plan.hash(),
-            stages: plan.stages.iter().map(|s| StageRecord::new(&s.name, s.kind)).collect(),
+            stages: plan
+                .stages
+                .iter()
+                .map(|s| StageRecord::new(&s.name, s.kind))
+                .collect(),
             plan,
             state: JobState::Running,
             reason: None,
@@ -223,7 +240,15 @@ impl Federation {
             stage: 0,
         };
         self.store.put_job(&job)?;
-        self.store.audit(who, "job submit", &format!("job {id} ({}), plan {}", job.plan.name, short(&job.plan_hash)))?;
+        self.store.audit(
+            who,
+            "job submit",
+            &format!(
+                "job {id} ({}), plan {}",
+                job.plan.name,
+                short(&job.plan_hash)
+            ),
+        )?;
         drop(_g);
         self.tick().await?;
         Ok(id)
@@ -231,7 +256,10 @@ impl Federation {
 
     pub async fn cancel(&self, id: &str, who: &str) -> Result<JobRecord, EngineError> {
         let _g = self.lock.lock().await;
-        let mut job = self.store.job(id)?.ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
+        let mut job = self
+            .store
+            .job(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
         if job.state == JobState::Running {
             job.state = JobState::Cancelled;
             job.reason = Some(format!("cancelled by {who}"));
@@ -244,7 +272,9 @@ impl Federation {
     }
 
     pub fn job(&self, id: &str) -> Result<JobRecord, EngineError> {
-        self.store.job(id)?.ok_or_else(|| EngineError::NotFound(format!("no job {id}")))
+        self.store
+            .job(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no job {id}")))
     }
 
     /// Resolves "VERSION", "JOB/STAGE" (the stage's final model) or "JOB/STAGE/ROUND".
@@ -262,7 +292,9 @@ impl Federation {
                     .and_then(|s| s.output.clone())
             }
             [job, stage, round] => {
-                let r: u32 = round.parse().map_err(|_| EngineError::Invalid(format!("round {round:?}")))?;
+                let r: u32 = round
+                    .parse()
+                    .map_err(|_| EngineError::Invalid(format!("round {round:?}")))?;
                 Some(version_id(job, stage, r.saturating_sub(1)))
             }
             _ => None,
@@ -279,8 +311,12 @@ impl Federation {
             if job.state != JobState::Running {
                 continue;
             }
-            let Some(stage_rec) = job.stages.get(job.stage) else { continue };
-            let Some(round) = stage_rec.rounds.last() else { continue };
+            let Some(stage_rec) = job.stages.get(job.stage) else {
+                continue;
+            };
+            let Some(round) = stage_rec.rounds.last() else {
+                continue;
+            };
             if round.closed.is_some() {
                 continue;
             }
@@ -305,7 +341,13 @@ impl Federation {
         })
     }
 
-    fn build_task(&self, job: &JobRecord, stage_idx: usize, round: &RoundRecord, site: &str) -> Result<pb::Task, EngineError> {
+    fn build_task(
+        &self,
+        job: &JobRecord,
+        stage_idx: usize,
+        round: &RoundRecord,
+        site: &str,
+    ) -> Result<pb::Task, EngineError> {
         let stage = &job.plan.stages[stage_idx];
         let id = TaskId {
             job: job.id.clone(),
@@ -314,7 +356,11 @@ impl Federation {
             attempt: round.attempt,
             site: site.to_string(),
         };
-        let init = round.init.as_deref().map(|v| self.model_ref(v)).transpose()?;
+        let init = round
+            .init
+            .as_deref()
+            .map(|v| self.model_ref(v))
+            .transpose()?;
         let work = match stage.kind {
             StageKind::Train | StageKind::Finetune | StageKind::Fedavg => {
                 let mut spec = pb::TrainSpec {
@@ -324,7 +370,10 @@ impl Federation {
                     learning_rate: stage.learning_rate.unwrap_or(1e-3),
                     // Every site of a round shares the seed: a first round from scratch then
                     // starts from the same initial weights everywhere.
-                    seed: job.plan.seed + stage.seed + 1000 * stage_idx as u64 + u64::from(round.index),
+                    seed: job.plan.seed
+                        + stage.seed
+                        + 1000 * stage_idx as u64
+                        + u64::from(round.index),
                     trainable: stage.trainable.clone(),
                     local: stage.local.clone(),
                     train_fraction: stage.train_fraction,
@@ -357,7 +406,11 @@ impl Federation {
                         });
                         match found {
                             Some((s, q)) => (s.clone(), q.clone()),
-                            None => return Err(EngineError::NotFound(format!("stats stage {stats} has no reference"))),
+                            None => {
+                                return Err(EngineError::NotFound(format!(
+                                    "stats stage {stats} has no reference"
+                                )));
+                            }
                         }
                     }
                     None => (String::new(), Vec::new()),
@@ -382,7 +435,12 @@ impl Federation {
 
     /// Looks up the open task `task_id` for `site`, or says why an upload/report for it is
     /// not wanted.
-    fn open_task<'a>(&self, job: &'a mut JobRecord, id: &TaskId, site: &str) -> Result<&'a mut RoundRecord, EngineError> {
+    fn open_task<'a>(
+        &self,
+        job: &'a mut JobRecord,
+        id: &TaskId,
+        site: &str,
+    ) -> Result<&'a mut RoundRecord, EngineError> {
         if id.site != site {
             return Err(EngineError::Rejected(format!(
                 "task {id} belongs to site {}, not to {site}",
@@ -390,29 +448,48 @@ impl Federation {
             )));
         }
         if job.state != JobState::Running {
-            return Err(EngineError::Rejected(format!("job {} is {:?}", job.id, job.state)));
+            return Err(EngineError::Rejected(format!(
+                "job {} is {:?}: its rounds are closed, no update is accepted",
+                job.id, job.state
+            )));
         }
         let current = job.stage;
-        let stage = job
-            .stages
-            .get_mut(id.stage)
-            .ok_or_else(|| EngineError::Rejected(format!("job {} has no stage {}", id.job, id.stage)))?;
+        let stage = job.stages.get_mut(id.stage).ok_or_else(|| {
+            EngineError::Rejected(format!("job {} has no stage {}", id.job, id.stage))
+        })?;
         let round = stage
             .rounds
             .last_mut()
-            .filter(|r| id.stage == current && r.index == id.round && r.attempt == id.attempt && r.closed.is_none())
-            .ok_or_else(|| EngineError::Rejected(format!("task {id}: its round is closed (stale update)")))?;
+            .filter(|r| {
+                id.stage == current
+                    && r.index == id.round
+                    && r.attempt == id.attempt
+                    && r.closed.is_none()
+            })
+            .ok_or_else(|| {
+                EngineError::Rejected(format!("task {id}: its round is closed (stale update)"))
+            })?;
         match round.tasks.get(site).map(|t| t.state) {
             Some(TaskState::Assigned) => Ok(round),
-            Some(TaskState::Done) => Err(EngineError::Rejected(format!("task {id}: duplicate, an update was already accepted"))),
-            Some(TaskState::Failed) => Err(EngineError::Rejected(format!("task {id}: already reported as failed"))),
-            None => Err(EngineError::Rejected(format!("site {site} has no task in this round"))),
+            Some(TaskState::Done) => Err(EngineError::Rejected(format!(
+                "task {id}: duplicate, an update was already accepted"
+            ))),
+            Some(TaskState::Failed) => Err(EngineError::Rejected(format!(
+                "task {id}: already reported as failed"
+            ))),
+            None => Err(EngineError::Rejected(format!(
+                "site {site} has no task in this round"
+            ))),
         }
     }
 
     /// The schema an update for this round must match, if one is known yet: the round's
     /// starting model (less the site-local parameters, for FedBN), or the first update.
-    fn expected_schema(&self, round: &RoundRecord, local: bool) -> Result<Option<Schema>, EngineError> {
+    fn expected_schema(
+        &self,
+        round: &RoundRecord,
+        local: bool,
+    ) -> Result<Option<Schema>, EngineError> {
         if !local && let Some(init) = &round.init {
             let m = self.model_ref(init)?;
             let header = fedseg_proto::safetensors::read_header(&self.blobs.path(&m.sha256))
@@ -431,11 +508,20 @@ impl Federation {
 
     /// Called when an upload's header arrives: is this update wanted at all?
     pub fn check_upload(&self, task_id: &str, site: &str) -> Result<(), EngineError> {
-        let id = TaskId::parse(task_id).ok_or_else(|| EngineError::Rejected(format!("malformed task id {task_id:?}")))?;
-        let mut job = self.store.job(&id.job)?.ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let id = TaskId::parse(task_id)
+            .ok_or_else(|| EngineError::Rejected(format!("malformed task id {task_id:?}")))?;
+        let mut job = self
+            .store
+            .job(&id.job)?
+            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
         self.open_task(&mut job, &id, site)?;
-        if matches!(job.plan.stages[id.stage].kind, StageKind::Stats | StageKind::Evaluate) {
-            return Err(EngineError::Rejected(format!("task {id} expects a report, not a model")));
+        if matches!(
+            job.plan.stages[id.stage].kind,
+            StageKind::Stats | StageKind::Evaluate
+        ) {
+            return Err(EngineError::Rejected(format!(
+                "task {id} expects a report, not a model"
+            )));
         }
         Ok(())
     }
@@ -451,9 +537,13 @@ impl Federation {
         upload_s: f64,
     ) -> Result<(), EngineError> {
         let _g = self.lock.lock().await;
-        let id = TaskId::parse(&header.task_id)
-            .ok_or_else(|| EngineError::Rejected(format!("malformed task id {:?}", header.task_id)))?;
-        let mut job = self.store.job(&id.job)?.ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let id = TaskId::parse(&header.task_id).ok_or_else(|| {
+            EngineError::Rejected(format!("malformed task id {:?}", header.task_id))
+        })?;
+        let mut job = self
+            .store
+            .job(&id.job)?
+            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
         let local = !job.plan.stages[id.stage].local.is_empty();
         let round = self.open_task(&mut job, &id, site)?;
         let expected = self.expected_schema(round, local)?;
@@ -478,27 +568,46 @@ impl Federation {
         };
         let header_ok = match checked {
             Ok(h) => h,
-            Err(reason) => return Err(reject(&mut job, format!("update for task {id}: {reason}"))?),
+            Err(reason) => {
+                return Err(reject(&mut job, format!("update for task {id}: {reason}"))?);
+            }
         };
         if header.sample_count == 0 {
-            return Err(reject(&mut job, format!("update for task {id}: sample_count is 0"))?);
+            return Err(reject(
+                &mut job,
+                format!("update for task {id}: sample_count is 0"),
+            )?);
         }
         if local && let Some(init) = &round.init {
             // FedBN: the shared part must still be a subset of the starting model.
             let m = self.model_ref(init)?;
-            let full = schema_of(&fedseg_proto::safetensors::read_header(&self.blobs.path(&m.sha256)).map_err(|e| EngineError::Io(e.to_string()))?);
+            let full = schema_of(
+                &fedseg_proto::safetensors::read_header(&self.blobs.path(&m.sha256))
+                    .map_err(|e| EngineError::Io(e.to_string()))?,
+            );
             let bad: Vec<String> = schema_of(&header_ok)
                 .into_iter()
                 .filter(|(n, s)| full.get(n) != Some(s))
                 .map(|(n, _)| n)
                 .collect();
             if !bad.is_empty() {
-                return Err(reject(&mut job, format!("update for task {id}: tensors not in the model: {}", bad.join(", ")))?);
+                return Err(reject(
+                    &mut job,
+                    format!(
+                        "update for task {id}: tensors not in the model: {}",
+                        bad.join(", ")
+                    ),
+                )?);
             }
         }
-        self.blobs.adopt(&tmp, sha256).map_err(|e| EngineError::Io(e.to_string()))?;
+        self.blobs
+            .adopt(&tmp, sha256)
+            .map_err(|e| EngineError::Io(e.to_string()))?;
         let round = self.open_task(&mut job, &id, site)?;
-        let task = round.tasks.get_mut(site).ok_or_else(|| EngineError::Rejected("task vanished".into()))?;
+        let task = round
+            .tasks
+            .get_mut(site)
+            .ok_or_else(|| EngineError::Rejected("task vanished".into()))?;
         task.state = TaskState::Done;
         task.finished = Some(now_s());
         task.download_s = header.download_s;
@@ -518,13 +627,26 @@ impl Federation {
         self.tick().await
     }
 
-    pub async fn accept_report(&self, site: &str, report: pb::ReportRequest) -> Result<(), EngineError> {
+    pub async fn accept_report(
+        &self,
+        site: &str,
+        report: pb::ReportRequest,
+    ) -> Result<(), EngineError> {
         let _g = self.lock.lock().await;
-        let id = TaskId::parse(&report.task_id)
-            .ok_or_else(|| EngineError::Rejected(format!("malformed task id {:?}", report.task_id)))?;
-        let mut job = self.store.job(&id.job)?.ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let id = TaskId::parse(&report.task_id).ok_or_else(|| {
+            EngineError::Rejected(format!("malformed task id {:?}", report.task_id))
+        })?;
+        let mut job = self
+            .store
+            .job(&id.job)?
+            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
         let kind = job.plan.stages.get(id.stage).map(|s| s.kind);
-        let stage_models = job.plan.stages.get(id.stage).map(|s| s.models.clone()).unwrap_or_default();
+        let stage_models = job
+            .plan
+            .stages
+            .get(id.stage)
+            .map(|s| s.models.clone())
+            .unwrap_or_default();
         let outputs: BTreeMap<String, String> = job
             .stages
             .iter()
@@ -539,27 +661,42 @@ impl Federation {
                     && s.quantiles.iter().all(|q| q.is_finite())
                     && s.quantiles.windows(2).all(|w| w[0] <= w[1]);
                 if ok {
-                    stage.references.insert(site.to_string(), s.quantiles.clone());
+                    stage
+                        .references
+                        .insert(site.to_string(), s.quantiles.clone());
                     Ok(())
                 } else {
-                    return Err(EngineError::Rejected("statistics: quantiles must be finite and non-decreasing".into()));
+                    return Err(EngineError::Rejected(
+                        "statistics: quantiles must be finite and non-decreasing".into(),
+                    ));
                 }
             }
             (Some(pb::report_request::Report::Evaluation(e)), Some(StageKind::Evaluate)) => {
                 let expected: Vec<&String> = stage_models.iter().collect();
                 if e.models.len() != expected.len() {
-                    return Err(EngineError::Rejected(format!("evaluation: {} models reported, {} expected", e.models.len(), expected.len())));
+                    return Err(EngineError::Rejected(format!(
+                        "evaluation: {} models reported, {} expected",
+                        e.models.len(),
+                        expected.len()
+                    )));
                 }
                 let mut rows = Vec::new();
                 for m in &e.models {
                     let Some(model) = outputs.get(&m.version) else {
-                        return Err(EngineError::Rejected(format!("evaluation: model {} was not asked for", m.version)));
+                        return Err(EngineError::Rejected(format!(
+                            "evaluation: model {} was not asked for",
+                            m.version
+                        )));
                     };
                     let finite = m.subjects.iter().all(|s| {
-                        [s.blood_pool, s.myocardium, s.lv].iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+                        [s.blood_pool, s.myocardium, s.lv]
+                            .iter()
+                            .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
                     });
                     if !finite {
-                        return Err(EngineError::Rejected("evaluation: Dice values must lie in [0, 1]".into()));
+                        return Err(EngineError::Rejected(
+                            "evaluation: Dice values must lie in [0, 1]".into(),
+                        ));
                     }
                     rows.push(Evaluation {
                         site: site.to_string(),
@@ -581,9 +718,16 @@ impl Federation {
                 stage.evaluations.extend(rows);
                 Ok(())
             }
-            _ => return Err(EngineError::Rejected(format!("task {id}: report does not fit a {kind:?} stage"))),
+            _ => {
+                return Err(EngineError::Rejected(format!(
+                    "task {id}: report does not fit a {kind:?} stage"
+                )));
+            }
         };
-        let round = stage.rounds.last_mut().ok_or_else(|| EngineError::Rejected("no round".into()))?;
+        let round = stage
+            .rounds
+            .last_mut()
+            .ok_or_else(|| EngineError::Rejected("no round".into()))?;
         if let Some(task) = round.tasks.get_mut(site) {
             task.finished = Some(now_s());
             task.work_s = report.seconds;
@@ -651,7 +795,9 @@ impl Federation {
                                 .iter()
                                 .find(|s| &s.name == from)
                                 .and_then(|s| s.output.clone())
-                                .ok_or_else(|| EngineError::Invalid(format!("stage {from} produced no model")))?,
+                                .ok_or_else(|| {
+                                    EngineError::Invalid(format!("stage {from} produced no model"))
+                                })?,
                         ),
                         None => None,
                     };
@@ -673,7 +819,12 @@ impl Federation {
                     Verdict::Retry(why) => {
                         let r = job.stages[i].rounds.last().cloned();
                         if let Some(r) = r {
-                            tracing::warn!(job = job.id, stage = stage.name, "round {} retried: {why}", r.index + 1);
+                            tracing::warn!(
+                                job = job.id,
+                                stage = stage.name,
+                                "round {} retried: {why}",
+                                r.index + 1
+                            );
                             let rec = &mut job.stages[i];
                             if let Some(last) = rec.rounds.last_mut() {
                                 last.closed = Some(now_s());
@@ -714,8 +865,18 @@ impl Federation {
             return Verdict::Fail("no round".into());
         };
         let now = now_s();
-        let done: Vec<&String> = round.tasks.iter().filter(|(_, t)| t.state == TaskState::Done).map(|(s, _)| s).collect();
-        let pending: Vec<&String> = round.tasks.iter().filter(|(_, t)| t.state == TaskState::Assigned).map(|(s, _)| s).collect();
+        let done: Vec<&String> = round
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::Done)
+            .map(|(s, _)| s)
+            .collect();
+        let pending: Vec<&String> = round
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::Assigned)
+            .map(|(s, _)| s)
+            .collect();
         let min = stage.min_sites();
         let why_short = || {
             let failed: Vec<String> = round
@@ -728,19 +889,40 @@ impl Federation {
                 "round {}: {} of the {min} sites needed reported{}{}",
                 round.index + 1,
                 done.len(),
-                if missing.is_empty() { String::new() } else { format!("; no result from {}", join(&missing)) },
-                if failed.is_empty() { String::new() } else { format!("; failed: {}", failed.join("; ")) },
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; no result from {}", join(&missing))
+                },
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; failed: {}", failed.join("; "))
+                },
             )
         };
         let retries = stage.retries.unwrap_or(0);
-        let give_up = |why: String| if round.attempt < retries { Verdict::Retry(why) } else { Verdict::Fail(why) };
+        let give_up = |why: String| {
+            if round.attempt < retries {
+                Verdict::Retry(why)
+            } else {
+                Verdict::Fail(why)
+            }
+        };
         if pending.is_empty() {
-            return if done.len() >= min { Verdict::Close } else { give_up(why_short()) };
+            return if done.len() >= min {
+                Verdict::Close
+            } else {
+                give_up(why_short())
+            };
         }
         if done.len() >= min {
             let quorum_at = *round.quorum_at.get_or_insert(now);
             let live_pending = pending.iter().any(|s| self.is_alive(s));
-            if !live_pending || now >= quorum_at + stage.grace_s.unwrap_or(0.0) || now >= round.deadline {
+            if !live_pending
+                || now >= quorum_at + stage.grace_s.unwrap_or(0.0)
+                || now >= round.deadline
+            {
                 return Verdict::Close;
             }
             return Verdict::Wait;
@@ -755,7 +937,11 @@ impl Federation {
     fn close_round(&self, job: &mut JobRecord, i: usize, stage: &Stage) -> Result<(), EngineError> {
         let job_id = job.id.clone();
         let rec = &mut job.stages[i];
-        let round = rec.rounds.last().cloned().ok_or_else(|| EngineError::Invalid("no round".into()))?;
+        let round = rec
+            .rounds
+            .last()
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid("no round".into()))?;
         let now = now_s();
         let mut output = None;
         if stage.produces_model() {
@@ -774,12 +960,27 @@ impl Federation {
             let t0 = Instant::now();
             let (sha, size) = if stage.kind == StageKind::Fedavg {
                 let strategy = strategy::for_stage(stage);
-                let previous = round.init.as_deref().map(|v| self.model_ref(v)).transpose()?.map(|m| self.blobs.path(&m.sha256));
-                let moments = rec.server_state.as_ref().map(|(m, v)| (self.blobs.path(m), self.blobs.path(v)));
+                let previous = round
+                    .init
+                    .as_deref()
+                    .map(|v| self.model_ref(v))
+                    .transpose()?
+                    .map(|m| self.blobs.path(&m.sha256));
+                let moments = rec
+                    .server_state
+                    .as_ref()
+                    .map(|(m, v)| (self.blobs.path(m), self.blobs.path(v)));
                 let mut metadata = BTreeMap::new();
                 metadata.insert("fedseg.version".to_string(), id.clone());
                 metadata.insert("fedseg.strategy".to_string(), strategy.name().to_string());
-                metadata.insert("fedseg.sites".to_string(), updates.iter().map(|u| u.site.as_str()).collect::<Vec<_>>().join(","));
+                metadata.insert(
+                    "fedseg.sites".to_string(),
+                    updates
+                        .iter()
+                        .map(|u| u.site.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
                 let out_dir = self.blobs.incoming_dir();
                 let outcome = tokio::task::block_in_place(|| {
                     strategy.aggregate(&AggregateContext {
@@ -790,15 +991,18 @@ impl Federation {
                         metadata,
                     })
                 })
-                .map_err(|e| EngineError::Io(format!("aggregating round {}: {e}", round.index + 1)))?;
-                if let Some(((mp, ms, _), (vp, vs, _))) = outcome.moments {
-                    self.blobs.adopt(&mp, &ms).map_err(|e| EngineError::Io(e.to_string()))?;
-                    self.blobs.adopt(&vp, &vs).map_err(|e| EngineError::Io(e.to_string()))?;
-                    rec.server_state = Some((ms, vs));
+                .map_err(|e| {
+                    EngineError::Io(format!("aggregating round {}: {e}", round.index + 1))
+                })?;
+                let io = |e: std::io::Error| EngineError::Io(e.to_string());
+                if let Some((m, v)) = outcome.moments {
+                    self.blobs.adopt(&m.path, &m.sha256).map_err(io)?;
+                    self.blobs.adopt(&v.path, &v.sha256).map_err(io)?;
+                    rec.server_state = Some((m.sha256, v.sha256));
                 }
-                let (path, sha, size) = outcome.model;
-                self.blobs.adopt(&path, &sha).map_err(|e| EngineError::Io(e.to_string()))?;
-                (sha, size)
+                let model = outcome.model;
+                self.blobs.adopt(&model.path, &model.sha256).map_err(io)?;
+                (model.sha256, model.size)
             } else {
                 let u = round
                     .tasks
@@ -827,7 +1031,13 @@ impl Federation {
         if let Some(last) = rec.rounds.last_mut() {
             last.closed = Some(now_s());
         }
-        tracing::info!(job = job_id, stage = stage.name, round = round.index + 1, ?output, "round closed");
+        tracing::info!(
+            job = job_id,
+            stage = stage.name,
+            round = round.index + 1,
+            ?output,
+            "round closed"
+        );
         if round.index + 1 < stage.rounds() {
             open_round(job, i, round.index + 1, 0, output);
         } else {
@@ -863,7 +1073,11 @@ fn open_round(job: &mut JobRecord, i: usize, index: u32, attempt: u32, init: Opt
         quorum_at: None,
         closed: None,
         init,
-        tasks: stage.sites.iter().map(|s| (s.clone(), new_task())).collect(),
+        tasks: stage
+            .sites
+            .iter()
+            .map(|s| (s.clone(), new_task()))
+            .collect(),
         aggregate_s: None,
         output: None,
         rejected: Vec::new(),
@@ -880,5 +1094,9 @@ fn short(hash: &str) -> &str {
 }
 
 fn join(items: &[&String]) -> String {
-    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

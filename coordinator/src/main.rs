@@ -10,10 +10,19 @@ use fedseg_coordinator::report::{JobStatus, Results};
 use fedseg_coordinator::{admin, server};
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "fedseg coordinator: federated U-Net training across hospitals")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "fedseg coordinator: federated U-Net training across hospitals"
+)]
 struct Cli {
     /// Admin bundle config for job/sites/model commands (written by `pki issue-admin`).
-    #[arg(long, global = true, env = "FEDSEG_ADMIN", default_value = "admin.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "FEDSEG_ADMIN",
+        default_value = "admin.toml"
+    )]
     admin: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -84,7 +93,9 @@ enum PkiCommand {
 
 #[derive(Subcommand)]
 enum JobCommand {
-    Submit { plan: PathBuf },
+    Submit {
+        plan: PathBuf,
+    },
     Status {
         id: String,
         #[arg(long)]
@@ -95,7 +106,9 @@ enum JobCommand {
         #[arg(long, default_value = "text", value_parser = ["text", "markdown", "csv", "json"])]
         format: String,
     },
-    Cancel { id: String },
+    Cancel {
+        id: String,
+    },
     List,
 }
 
@@ -123,10 +136,20 @@ fn issue(dir: PathBuf, role: Role, name: &str, days: i64, endpoint: &str) -> Res
     let snippet = format!(
         "coordinator = \"{endpoint}\"\nca = \"ca.crt\"\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\n"
     );
-    let toml_name = if role == Role::Admin { "admin.toml" } else { "federation.toml" };
+    let toml_name = if role == Role::Admin {
+        "admin.toml"
+    } else {
+        "federation.toml"
+    };
     std::fs::write(b.dir.join(toml_name), &snippet)?;
-    println!("issued {role:?} certificate for {name}: {}", b.dir.display());
-    println!("  fingerprint (for `revoked` in coordinator.toml): {}", b.fingerprint);
+    println!(
+        "issued {role:?} certificate for {name}: {}",
+        b.dir.display()
+    );
+    println!(
+        "  fingerprint (for `revoked` in coordinator.toml): {}",
+        b.fingerprint
+    );
     println!("  valid until {}", b.not_after);
     if role == Role::Site {
         println!("  give the folder to the site; its site.toml gets:\n[federation]\n{snippet}");
@@ -136,7 +159,9 @@ fn issue(dir: PathBuf, role: Role, name: &str, days: i64, endpoint: &str) -> Res
 
 fn run() -> Result<i32> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let admin = cli.admin.clone();
     match cli.command {
         Command::Serve { config } => {
@@ -148,13 +173,30 @@ fn run() -> Result<i32> {
             Ok(0)
         }
         Command::Pki { command } => match command {
-            PkiCommand::Init { dir, federation, hosts } => {
+            PkiCommand::Init {
+                dir,
+                federation,
+                hosts,
+            } => {
                 pki::init(&PkiLayout::new(&dir), &federation, &hosts)?;
-                println!("federation CA and coordinator certificate written to {}", dir.display());
+                println!(
+                    "federation CA and coordinator certificate written to {}",
+                    dir.display()
+                );
                 Ok(0)
             }
-            PkiCommand::IssueSite { name, dir, days, endpoint } => issue(dir, Role::Site, &name, days, &endpoint),
-            PkiCommand::IssueAdmin { name, dir, days, endpoint } => issue(dir, Role::Admin, &name, days, &endpoint),
+            PkiCommand::IssueSite {
+                name,
+                dir,
+                days,
+                endpoint,
+            } => issue(dir, Role::Site, &name, days, &endpoint),
+            PkiCommand::IssueAdmin {
+                name,
+                dir,
+                days,
+                endpoint,
+            } => issue(dir, Role::Admin, &name, days, &endpoint),
         },
         Command::Job { command } => rt.block_on(async {
             match command {
@@ -181,7 +223,9 @@ fn run() -> Result<i32> {
                         _ => print!("{}", r.render()),
                     }
                 }
-                JobCommand::Cancel { id } => println!("{}", admin::json_call(&admin, "cancel", Some(id)).await?),
+                JobCommand::Cancel { id } => {
+                    println!("{}", admin::json_call(&admin, "cancel", Some(id)).await?)
+                }
                 JobCommand::List => println!("{}", admin::json_call(&admin, "jobs", None).await?),
             }
             Ok(0)
@@ -196,7 +240,11 @@ fn run() -> Result<i32> {
                     println!(
                         "{:<16} {:<10} {:<5} train slices {:>6}  state {}",
                         r["site"]["name"].as_str().unwrap_or("?"),
-                        if r["connected"].as_bool() == Some(true) { "connected" } else { "away" },
+                        if r["connected"].as_bool() == Some(true) {
+                            "connected"
+                        } else {
+                            "away"
+                        },
                         r["site"]["device"].as_str().unwrap_or("?"),
                         r["site"]["train_slices"].as_u64().unwrap_or(0),
                         r["live"]["state"].as_str().unwrap_or("-"),
@@ -205,9 +253,14 @@ fn run() -> Result<i32> {
             }
             Ok(0)
         }),
-        Command::Model { command: ModelCommand::Export { version, out } } => rt.block_on(async {
+        Command::Model {
+            command: ModelCommand::Export { version, out },
+        } => rt.block_on(async {
             let (id, sha, size) = admin::export(&admin, &version, &out).await?;
-            println!("model {id} ({size} bytes, sha256 {sha}) written to {}", out.display());
+            println!(
+                "model {id} ({size} bytes, sha256 {sha}) written to {}",
+                out.display()
+            );
             Ok(0)
         }),
     }
@@ -216,5 +269,8 @@ fn run() -> Result<i32> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -187,7 +187,10 @@ pub fn init(layout: &PkiLayout, federation: &str, hosts: &[String]) -> Result<()
 
 fn load_issuer(layout: &PkiLayout) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let key = KeyPair::from_pem(&read_file(&layout.ca_key())?)?;
-    Ok(Issuer::from_ca_cert_pem(&read_file(&layout.ca_cert())?, key)?)
+    Ok(Issuer::from_ca_cert_pem(
+        &read_file(&layout.ca_cert())?,
+        key,
+    )?)
 }
 
 fn issue_server(layout: &PkiLayout, hosts: &[String]) -> Result<(), PkiError> {
@@ -230,7 +233,9 @@ pub fn issue(
 ) -> Result<IssuedBundle, PkiError> {
     validate_name(name)?;
     if role == Role::Coordinator {
-        return Err(PkiError::Invalid("use `pki init` for the coordinator".into()));
+        return Err(PkiError::Invalid(
+            "use `pki init` for the coordinator".into(),
+        ));
     }
     let issuer = load_issuer(layout)?;
     let key = KeyPair::generate()?;
@@ -275,14 +280,18 @@ pub fn peer_from_der(der: &[u8]) -> Result<Peer, String> {
     let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
         it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
     };
-    let name = first(&mut subject.iter_common_name())
-        .ok_or("client certificate has no common name")?;
+    let name =
+        first(&mut subject.iter_common_name()).ok_or("client certificate has no common name")?;
     let unit = first(&mut subject.iter_organizational_unit())
         .ok_or("client certificate has no organisational unit (site or admin)")?;
     let role = match unit.as_str() {
         "site" => Role::Site,
         "admin" => Role::Admin,
-        other => return Err(format!("client certificate role {other:?} is neither site nor admin")),
+        other => {
+            return Err(format!(
+                "client certificate role {other:?} is neither site nor admin"
+            ));
+        }
     };
     validate_name(&name).map_err(|e| e.to_string())?;
     Ok(Peer {

@@ -242,10 +242,7 @@ impl Plan {
 
     pub fn validate(&self) -> Result<(), String> {
         if !["tiny", "cpu", "paper"].contains(&self.model.as_str()) {
-            return Err(format!(
-                "model {:?}: use tiny, cpu or paper",
-                self.model
-            ));
+            return Err(format!("model {:?}: use tiny, cpu or paper", self.model));
         }
         if self.stages.is_empty() {
             return Err("the plan has no [[stage]]".into());
@@ -254,7 +251,9 @@ impl Plan {
         for (i, s) in self.stages.iter().enumerate() {
             let at = format!("stage {} ({:?})", i + 1, s.name);
             if s.name.is_empty() || s.name.contains(['/', ':', ' ']) {
-                return Err(format!("{at}: name must be non-empty without '/', ':' or spaces"));
+                return Err(format!(
+                    "{at}: name must be non-empty without '/', ':' or spaces"
+                ));
             }
             if !seen.insert(s.name.as_str()) {
                 return Err(format!("{at}: a stage of that name comes earlier"));
@@ -274,7 +273,9 @@ impl Plan {
                     None => return Err(format!("{at}: from {from:?} is not an earlier stage")),
                 }
                 if !s.produces_model() {
-                    return Err(format!("{at}: `from` only applies to train, fedavg, finetune"));
+                    return Err(format!(
+                        "{at}: `from` only applies to train, fedavg, finetune"
+                    ));
                 }
             }
             match s.kind {
@@ -285,7 +286,9 @@ impl Plan {
                     ));
                 }
                 StageKind::Finetune if s.from.is_none() => {
-                    return Err(format!("{at}: finetune needs `from`, the model to start from"));
+                    return Err(format!(
+                        "{at}: finetune needs `from`, the model to start from"
+                    ));
                 }
                 StageKind::Fedavg if s.rounds == 0 => {
                     return Err(format!("{at}: rounds must be at least 1"));
@@ -313,15 +316,24 @@ impl Plan {
                         if let Some(site) = site
                             && !e.sites.iter().any(|x| x == site)
                         {
-                            return Err(format!("{at}: hist_ref site {site:?} is not in stage {stats:?}"));
+                            return Err(format!(
+                                "{at}: hist_ref site {site:?} is not in stage {stats:?}"
+                            ));
                         }
                     }
-                    _ => return Err(format!("{at}: hist_ref {stats:?} is not an earlier stats stage")),
+                    _ => {
+                        return Err(format!(
+                            "{at}: hist_ref {stats:?} is not an earlier stats stage"
+                        ));
+                    }
                 }
             }
             let min = s.min_sites();
             if min == 0 || min > s.sites.len() {
-                return Err(format!("{at}: min_sites {min} must be 1..={}", s.sites.len()));
+                return Err(format!(
+                    "{at}: min_sites {min} must be 1..={}",
+                    s.sites.len()
+                ));
             }
             if !(s.train_fraction > 0.0 && s.train_fraction <= 1.0) {
                 return Err(format!("{at}: train_fraction must be in (0, 1]"));
@@ -330,7 +342,9 @@ impl Plan {
                 return Err(format!("{at}: epochs and batch_size must be positive"));
             }
             if !(s.mu >= 0.0 && s.server_lr > 0.0 && s.tau > 0.0) {
-                return Err(format!("{at}: mu >= 0, server_lr > 0 and tau > 0 are required"));
+                return Err(format!(
+                    "{at}: mu >= 0, server_lr > 0 and tau > 0 are required"
+                ));
             }
             if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
                 return Err(format!("{at}: beta1 and beta2 must be in [0, 1)"));
@@ -338,12 +352,86 @@ impl Plan {
             if let Some(a) = &s.augment
                 && !["", "none", "spatial", "spatial+intensity"].contains(&a.as_str())
             {
-                return Err(format!("{at}: augment {a:?}: use none, spatial or spatial+intensity"));
+                return Err(format!(
+                    "{at}: augment {a:?}: use none, spatial or spatial+intensity"
+                ));
             }
-            if s.round_timeout_s.is_some_and(|t| !(t > 0.0)) {
+            if s.round_timeout_s.is_some_and(|t| t.is_nan() || t <= 0.0) {
                 return Err(format!("{at}: round_timeout_s must be positive"));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+name = "t"
+model = "tiny"
+[[stage]]
+name = "a"
+kind = "train"
+sites = ["x"]
+[[stage]]
+name = "b"
+kind = "evaluate"
+sites = ["x", "y"]
+models = ["a"]
+"#;
+
+    #[test]
+    fn defaults_fill_in_and_the_hash_tracks_meaning() {
+        let p = Plan::parse(OK).expect("parse");
+        assert_eq!(p.stages[0].epochs, Some(2));
+        assert_eq!(p.stages[1].min_sites, Some(2));
+        // Same meaning, different text: same hash. Different meaning: different hash.
+        let spaced = OK.replace("model = \"tiny\"", "model   =   \"tiny\"\n# comment");
+        assert_eq!(Plan::parse(&spaced).expect("parse").hash(), p.hash());
+        let other = OK.replace(
+            "sites = [\"x\"]\n[[stage]]",
+            "sites = [\"x\"]\nepochs = 3\n[[stage]]",
+        );
+        assert_ne!(Plan::parse(&other).expect("parse").hash(), p.hash());
+    }
+
+    #[test]
+    fn bad_plans_say_what_is_wrong() {
+        let cases = [
+            (
+                OK.replace("models = [\"a\"]", "models = [\"zzz\"]"),
+                "model \"zzz\"",
+            ),
+            (
+                OK.replace(
+                    "kind = \"train\"\nsites = [\"x\"]",
+                    "kind = \"train\"\nsites = [\"x\", \"y\"]",
+                ),
+                "exactly one site",
+            ),
+            (OK.replace("name = \"b\"", "name = \"a\""), "comes earlier"),
+            (
+                OK.replace("model = \"tiny\"", "model = \"huge\""),
+                "tiny, cpu or paper",
+            ),
+            (
+                OK.replace("kind = \"evaluate\"", "kind = \"evaluate\"\nmin_sites = 3"),
+                "min_sites 3",
+            ),
+            (
+                OK.replace("kind = \"train\"", "kind = \"train\"\nbogus = 1"),
+                "bogus",
+            ),
+            (
+                OK.replace("kind = \"train\"", "kind = \"finetune\""),
+                "needs `from`",
+            ),
+        ];
+        for (text, expect) in cases {
+            let e = Plan::parse(&text).expect_err(expect);
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
     }
 }

@@ -115,7 +115,11 @@ impl JobStatus {
                                 error: t.error.clone(),
                             })
                             .collect(),
-                        rejected: r.rejected.iter().map(|x| format!("{}: {}", x.site, x.reason)).collect(),
+                        rejected: r
+                            .rejected
+                            .iter()
+                            .map(|x| format!("{}: {}", x.site, x.reason))
+                            .collect(),
                     })
                     .collect(),
             })
@@ -135,7 +139,17 @@ impl JobStatus {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let j = &self.job;
-        let _ = writeln!(s, "job {} ({}): {:?}{}", j.id, j.name, j.state, j.reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default());
+        let _ = writeln!(
+            s,
+            "job {} ({}): {:?}{}",
+            j.id,
+            j.name,
+            j.state,
+            j.reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
         for st in &self.stages {
             let _ = writeln!(
                 s,
@@ -143,18 +157,30 @@ impl JobStatus {
                 st.name,
                 st.kind,
                 st.state,
-                st.output.as_ref().map(|o| format!(" → model {o}")).unwrap_or_default(),
-                st.reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default()
+                st.output
+                    .as_ref()
+                    .map(|o| format!(" → model {o}"))
+                    .unwrap_or_default(),
+                st.reason
+                    .as_ref()
+                    .map(|r| format!(" — {r}"))
+                    .unwrap_or_default()
             );
             for r in &st.rounds {
                 let _ = writeln!(
                     s,
                     "    round {}{} {}: {:.1} s{}",
                     r.round,
-                    if r.attempt > 0 { format!(" (attempt {})", r.attempt + 1) } else { String::new() },
+                    if r.attempt > 0 {
+                        format!(" (attempt {})", r.attempt + 1)
+                    } else {
+                        String::new()
+                    },
                     if r.open { "open" } else { "closed" },
                     r.seconds,
-                    r.aggregate_s.map(|a| format!(", aggregation {a:.2} s")).unwrap_or_default()
+                    r.aggregate_s
+                        .map(|a| format!(", aggregation {a:.2} s"))
+                        .unwrap_or_default()
                 );
                 for t in &r.tasks {
                     let _ = writeln!(
@@ -162,11 +188,16 @@ impl JobStatus {
                         "      {:<12} {:<9} samples {:>6}  download {:>6.2} s  work {:>7.1} s  upload {:>6.2} s{}",
                         t.site,
                         format!("{:?}", t.state).to_lowercase(),
-                        t.samples.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                        t.samples
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         t.download_s,
                         t.work_s,
                         t.upload_s,
-                        t.error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                        t.error
+                            .as_ref()
+                            .map(|e| format!("  error: {e}"))
+                            .unwrap_or_default()
                     );
                 }
                 for x in &r.rejected {
@@ -231,13 +262,19 @@ impl Results {
             }
             let mut by_model: BTreeMap<(usize, String), ResultRow> = BTreeMap::new();
             for e in &stage.evaluations {
-                let order = plan.models.iter().position(|m| *m == e.model).unwrap_or(usize::MAX);
-                let row = by_model.entry((order, e.model.clone())).or_insert_with(|| ResultRow {
-                    stage: stage.name.clone(),
-                    model: e.model.clone(),
-                    version: e.version.clone(),
-                    cells: BTreeMap::new(),
-                });
+                let order = plan
+                    .models
+                    .iter()
+                    .position(|m| *m == e.model)
+                    .unwrap_or(usize::MAX);
+                let row = by_model
+                    .entry((order, e.model.clone()))
+                    .or_insert_with(|| ResultRow {
+                        stage: stage.name.clone(),
+                        model: e.model.clone(),
+                        version: e.version.clone(),
+                        cells: BTreeMap::new(),
+                    });
                 let lv: Vec<f64> = e.subjects.iter().map(|s| s.lv).collect();
                 let bp: Vec<f64> = e.subjects.iter().map(|s| s.blood_pool).collect();
                 let myo: Vec<f64> = e.subjects.iter().map(|s| s.myocardium).collect();
@@ -307,13 +344,23 @@ impl Results {
     }
 
     pub fn csv(&self) -> String {
-        let mut s = String::from("stage,model,version,site,subjects,lv_mean,lv_sd,blood_pool_mean,myocardium_mean\n");
+        let mut s = String::from(
+            "stage,model,version,site,subjects,lv_mean,lv_sd,blood_pool_mean,myocardium_mean\n",
+        );
         for row in &self.rows {
             for (site, c) in &row.cells {
                 let _ = writeln!(
                     s,
                     "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
-                    row.stage, row.model, row.version, site, c.n, c.lv_mean, c.lv_sd, c.blood_pool_mean, c.myocardium_mean
+                    row.stage,
+                    row.model,
+                    row.version,
+                    site,
+                    c.n,
+                    c.lv_mean,
+                    c.lv_sd,
+                    c.blood_pool_mean,
+                    c.myocardium_mean
                 );
             }
         }

@@ -37,12 +37,16 @@ pub async fn serve(
     tracing::info!(%addr, "coordinator listening (mutual TLS)");
     // Scripts wait for this line to know the port (useful with port 0).
     println!("listening on {addr}");
-    let site = SiteServer::new(SiteService { fed: Arc::clone(&fed) })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService { fed: Arc::clone(&fed) })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let site = SiteServer::new(SiteService {
+        fed: Arc::clone(&fed),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService {
+        fed: Arc::clone(&fed),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)

@@ -57,7 +57,9 @@ pub struct SiteService {
 impl Site for SiteService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let peer = peer(&req, Role::Site)?;
-        self.fed.join(&peer.name, req.get_ref()).map_err(status_of)?;
+        self.fed
+            .join(&peer.name, req.get_ref())
+            .map_err(status_of)?;
         Ok(Response::new(pb::JoinReply {
             site: peer.name,
             heartbeat_s: self.fed.config.heartbeat_s,
@@ -66,7 +68,10 @@ impl Site for SiteService {
 
     type TasksStream = BoxStream<pb::Task>;
 
-    async fn tasks(&self, req: Request<pb::TasksRequest>) -> Result<Response<Self::TasksStream>, Status> {
+    async fn tasks(
+        &self,
+        req: Request<pb::TasksRequest>,
+    ) -> Result<Response<Self::TasksStream>, Status> {
         let site = peer(&req, Role::Site)?.name;
         let fed = self.fed.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -97,10 +102,15 @@ impl Site for SiteService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let site = peer(&req, Role::Site)?.name;
         let hb = req.into_inner();
         self.fed.touch(&site, Some(&hb));
@@ -111,21 +121,33 @@ impl Site for SiteService {
 
     type DownloadModelStream = BoxStream<pb::Chunk>;
 
-    async fn download_model(&self, req: Request<pb::DownloadRequest>) -> Result<Response<Self::DownloadModelStream>, Status> {
+    async fn download_model(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let site = peer(&req, Role::Site)?.name;
         let version = req.into_inner().version;
-        let m = self.fed.store.model(&version).map_err(|e| status_of(e.into()))?
+        let m = self
+            .fed
+            .store
+            .model(&version)
+            .map_err(|e| status_of(e.into()))?
             .ok_or_else(|| Status::not_found(format!("no model version {version}")))?;
         tracing::info!(site, version, bytes = m.size, "model download");
         Ok(Response::new(stream_blob(self.fed.blobs.path(&m.sha256))))
     }
 
-    async fn upload_update(&self, req: Request<Streaming<pb::UploadPart>>) -> Result<Response<pb::UploadReply>, Status> {
+    async fn upload_update(
+        &self,
+        req: Request<Streaming<pb::UploadPart>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
         let site = peer(&req, Role::Site)?.name;
         let started = Instant::now();
         let mut stream = req.into_inner();
         let header = match stream.next().await {
-            Some(Ok(pb::UploadPart { part: Some(Part::Header(h)) })) => h,
+            Some(Ok(pb::UploadPart {
+                part: Some(Part::Header(h)),
+            })) => h,
             Some(Err(e)) => return Err(e),
             _ => return Err(Status::invalid_argument("an upload starts with its header")),
         };
@@ -135,7 +157,9 @@ impl Site for SiteService {
                 header.size, self.fed.config.max_model_bytes
             )));
         }
-        self.fed.check_upload(&header.task_id, &site).map_err(status_of)?;
+        self.fed
+            .check_upload(&header.task_id, &site)
+            .map_err(status_of)?;
         let mut file = IncomingFile::create(&self.fed.blobs.incoming_dir(), header.size)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -158,7 +182,14 @@ impl Site for SiteService {
                 header.size
             ))
         })?;
-        let tmp = self.fed.blobs.incoming_dir().join(format!("{}.recv", trailer.sha256.chars().filter(char::is_ascii_hexdigit).collect::<String>()));
+        let tmp = self.fed.blobs.incoming_dir().join(format!(
+            "{}.recv",
+            trailer
+                .sha256
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .collect::<String>()
+        ));
         let digest = file
             .finish(header.size, Some(&trailer.sha256), &tmp)
             .await
@@ -171,9 +202,15 @@ impl Site for SiteService {
         Ok(Response::new(pb::UploadReply { sha256: digest }))
     }
 
-    async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
         let site = peer(&req, Role::Site)?.name;
-        self.fed.accept_report(&site, req.into_inner()).await.map_err(status_of)?;
+        self.fed
+            .accept_report(&site, req.into_inner())
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::ReportReply {}))
     }
 }
@@ -201,9 +238,16 @@ fn json_reply<T: serde::Serialize>(v: &T) -> Result<Response<pb::JsonReply>, Sta
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn submit_plan(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit_plan(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
         let admin = peer(&req, Role::Admin)?.name;
-        let job_id = self.fed.submit(&req.get_ref().plan_toml, &admin).await.map_err(status_of)?;
+        let job_id = self
+            .fed
+            .submit(&req.get_ref().plan_toml, &admin)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::SubmitReply { job_id }))
     }
 
@@ -213,21 +257,34 @@ impl Admin for AdminService {
         json_reply(&jobs.iter().map(report::JobSummary::of).collect::<Vec<_>>())
     }
 
-    async fn job_status(&self, req: Request<pb::JobRequest>) -> Result<Response<pb::JsonReply>, Status> {
+    async fn job_status(
+        &self,
+        req: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
         peer(&req, Role::Admin)?;
         let job = self.fed.job(&req.get_ref().job_id).map_err(status_of)?;
         json_reply(&report::JobStatus::of(&job, self.fed.live_sites()))
     }
 
-    async fn job_results(&self, req: Request<pb::JobRequest>) -> Result<Response<pb::JsonReply>, Status> {
+    async fn job_results(
+        &self,
+        req: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
         peer(&req, Role::Admin)?;
         let job = self.fed.job(&req.get_ref().job_id).map_err(status_of)?;
         json_reply(&report::Results::of(&job))
     }
 
-    async fn cancel_job(&self, req: Request<pb::JobRequest>) -> Result<Response<pb::JsonReply>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
         let admin = peer(&req, Role::Admin)?.name;
-        let job = self.fed.cancel(&req.get_ref().job_id, &admin).await.map_err(status_of)?;
+        let job = self
+            .fed
+            .cancel(&req.get_ref().job_id, &admin)
+            .await
+            .map_err(status_of)?;
         json_reply(&report::JobSummary::of(&job))
     }
 
@@ -251,9 +308,15 @@ impl Admin for AdminService {
 
     type ExportModelStream = BoxStream<pb::Chunk>;
 
-    async fn export_model(&self, req: Request<pb::DownloadRequest>) -> Result<Response<Self::ExportModelStream>, Status> {
+    async fn export_model(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::ExportModelStream>, Status> {
         let admin = peer(&req, Role::Admin)?.name;
-        let m = self.fed.resolve_model(&req.get_ref().version).map_err(status_of)?;
+        let m = self
+            .fed
+            .resolve_model(&req.get_ref().version)
+            .map_err(status_of)?;
         self.fed
             .store
             .audit(&admin, "model export", &m.id)

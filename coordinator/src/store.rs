@@ -48,7 +48,11 @@ impl Store {
         Ok(())
     }
 
-    fn get<T: DeserializeOwned>(&self, tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         tree.get(key.as_bytes())?
             .map(|v| {
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
@@ -110,7 +114,8 @@ impl Store {
     /// Appends to the audit log (admin actions, site joins).
     pub fn audit(&self, who: &str, action: &str, detail: &str) -> Result<(), StoreError> {
         let id = self.db.generate_id()?;
-        let entry = serde_json::json!({"at": now_s(), "who": who, "action": action, "detail": detail});
+        let entry =
+            serde_json::json!({"at": now_s(), "who": who, "action": action, "detail": detail});
         tracing::info!(target: "audit", who, action, detail);
         self.put(&self.audit, &format!("{id:016}"), &entry)
     }

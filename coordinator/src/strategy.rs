@@ -12,7 +12,7 @@ use fedseg_proto::pb::TrainSpec;
 use fedseg_proto::safetensors::{SafetensorsHeader, read_header};
 
 use crate::plan::{Stage, StrategyKind};
-use crate::tensors::{STREAM_ELEMENTS, StreamWriter, read_f32s};
+use crate::tensors::{STREAM_ELEMENTS, StreamWriter, WrittenFile, read_f32s};
 
 /// One accepted update.
 pub struct UpdateInput {
@@ -36,8 +36,9 @@ pub struct AggregateContext<'a> {
 
 /// Files written by `aggregate`: the model, and the optimiser moments for FedOpt.
 pub struct AggregateOutcome {
-    pub model: (PathBuf, String, u64),
-    pub moments: Option<((PathBuf, String, u64), (PathBuf, String, u64))>,
+    pub model: WrittenFile,
+    /// First and second moments.
+    pub moments: Option<(WrittenFile, WrittenFile)>,
 }
 
 pub trait Strategy: Send + Sync {
@@ -138,16 +139,23 @@ impl Source {
     }
 }
 
-fn writer(path: PathBuf, schema: &[(String, Vec<usize>)], meta: &BTreeMap<String, String>) -> Result<StreamWriter, String> {
+fn writer(
+    path: PathBuf,
+    schema: &[(String, Vec<usize>)],
+    meta: &BTreeMap<String, String>,
+) -> Result<StreamWriter, String> {
     StreamWriter::create(&path, schema, meta).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The weighted mean of the updates, optionally followed by a server optimiser step from the
 /// previous global model; one pass over all files, `STREAM_ELEMENTS` values at a time.
-fn stream_mean(ctx: &AggregateContext<'_>, opt: Option<&FedOpt>) -> Result<AggregateOutcome, String> {
+fn stream_mean(
+    ctx: &AggregateContext<'_>,
+    opt: Option<&FedOpt>,
+) -> Result<AggregateOutcome, String> {
     let first = ctx.updates.first().ok_or("no updates to aggregate")?;
     let total: f64 = ctx.updates.iter().map(|u| u.weight).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err("updates carry no training samples".into());
     }
     let sources: Vec<Source> = ctx
@@ -161,7 +169,9 @@ fn stream_mean(ctx: &AggregateContext<'_>, opt: Option<&FedOpt>) -> Result<Aggre
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
-    let tag = format!("{}-{}", std::process::id(), first.site);
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}-{run}-{}", std::process::id(), first.site);
     // Keep what the sites recorded about the architecture (fedseg.unet, fedseg.preprocess), so
     // the aggregate loads like any trained file; drop per-site keys (epoch, val_dice, site).
     let mut metadata: BTreeMap<String, String> = sources[0]
@@ -256,4 +266,130 @@ fn stream_mean(ctx: &AggregateContext<'_>, opt: Option<&FedOpt>) -> Result<Aggre
         None => None,
     };
     Ok(AggregateOutcome { model, moments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedseg_proto::safetensors::{NamedTensor, read_safetensors, write_safetensors};
+
+    fn file(dir: &Path, name: &str, a: &[f32]) -> PathBuf {
+        let p = dir.join(name);
+        let t = vec![NamedTensor {
+            name: "w".into(),
+            shape: vec![a.len()],
+            data: a.to_vec(),
+        }];
+        write_safetensors(&p, &t, &BTreeMap::new()).expect("write");
+        p
+    }
+
+    fn values(p: &Path) -> Vec<f32> {
+        read_safetensors(p).expect("read").tensors[0].data.clone()
+    }
+
+    fn ctx<'a>(
+        dir: &'a Path,
+        updates: &'a [UpdateInput],
+        previous: Option<&'a Path>,
+        moments: Option<(&'a Path, &'a Path)>,
+    ) -> AggregateContext<'a> {
+        AggregateContext {
+            updates,
+            previous,
+            moments,
+            out_dir: dir,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn fedavg_weights_by_sample_count() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let ups = [
+            UpdateInput {
+                site: "a".into(),
+                path: file(d.path(), "a", &[1.0, 10.0]),
+                weight: 1.0,
+            },
+            UpdateInput {
+                site: "b".into(),
+                path: file(d.path(), "b", &[4.0, 40.0]),
+                weight: 3.0,
+            },
+        ];
+        let out = FedAvg
+            .aggregate(&ctx(d.path(), &ups, None, None))
+            .expect("aggregate");
+        assert_eq!(values(&out.model.path), [3.25, 32.5]);
+        assert!(out.moments.is_none());
+    }
+
+    #[test]
+    fn fedadam_and_fedyogi_step_from_the_previous_model() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let prev = file(d.path(), "prev", &[1.0, 1.0]);
+        let ups = [UpdateInput {
+            site: "a".into(),
+            path: file(d.path(), "a", &[2.0, 0.0]),
+            weight: 1.0,
+        }];
+        let (lr, b1, b2, tau) = (0.1, 0.9, 0.99, 1e-3);
+        for yogi in [false, true] {
+            let opt = FedOpt {
+                yogi,
+                lr,
+                beta1: b1,
+                beta2: b2,
+                tau,
+            };
+            let out = opt
+                .aggregate(&ctx(d.path(), &ups, Some(&prev), None))
+                .expect("aggregate");
+            // Δ = ±1 from zero moments: m = 0.1·Δ, v = 0.01 (Adam) or 0.01·sign(0 − 1)·(−1) (Yogi).
+            let m = (1.0 - b1) * 1.0f64;
+            let v = (1.0 - b2) * 1.0f64;
+            let step = (lr * m / (v.sqrt() + tau)) as f32;
+            let got = values(&out.model.path);
+            assert!((got[0] - (1.0 + step)).abs() < 1e-6, "{yogi}: {got:?}");
+            assert!((got[1] - (1.0 - step)).abs() < 1e-6, "{yogi}: {got:?}");
+            let (mf, vf) = out.moments.expect("moments");
+            assert_eq!(values(&mf.path), [m as f32, -m as f32]);
+            assert_eq!(values(&vf.path), [v as f32, v as f32]);
+            // A second round reads the stored moments: Yogi's v moves less than Adam's when
+            // v is already large relative to Δ².
+            let out2 = opt
+                .aggregate(&ctx(
+                    d.path(),
+                    &ups,
+                    Some(&prev),
+                    Some((&mf.path, &vf.path)),
+                ))
+                .expect("second round");
+            let v2 = values(&out2.moments.expect("moments").1.path)[0] as f64;
+            let expect = if yogi {
+                v + (1.0 - b2)
+            } else {
+                b2 * v + (1.0 - b2)
+            };
+            assert!((v2 - expect).abs() < 1e-6, "{yogi}: {v2} vs {expect}");
+        }
+    }
+
+    #[test]
+    fn fedprox_sends_mu_and_averages_like_fedavg() {
+        let mut spec = TrainSpec::default();
+        FedProx { mu: 0.05 }.configure(&mut spec);
+        assert_eq!(spec.prox_mu, 0.05);
+        let d = tempfile::tempdir().expect("tempdir");
+        let ups = [UpdateInput {
+            site: "a".into(),
+            path: file(d.path(), "a", &[2.0]),
+            weight: 5.0,
+        }];
+        let out = FedProx { mu: 0.05 }
+            .aggregate(&ctx(d.path(), &ups, None, None))
+            .expect("agg");
+        assert_eq!(values(&out.model.path), [2.0]);
+    }
 }

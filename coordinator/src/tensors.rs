@@ -41,10 +41,7 @@ pub fn read_f32s(
     count: usize,
 ) -> std::io::Result<()> {
     bytes.resize(count * 4, 0);
-    file.read_exact_at(
-        bytes,
-        header.data_start + entry.begin + (start as u64) * 4,
-    )?;
+    file.read_exact_at(bytes, header.data_start + entry.begin + (start as u64) * 4)?;
     out.clear();
     out.extend(
         bytes
@@ -56,7 +53,10 @@ pub fn read_f32s(
 
 /// Checks a received model file: a safetensors header of F32 tensors, exactly the names and
 /// shapes of `expected` (when given), and only finite values. The error names the tensor.
-pub fn validate_update(path: &Path, expected: Option<&Schema>) -> Result<SafetensorsHeader, String> {
+pub fn validate_update(
+    path: &Path,
+    expected: Option<&Schema>,
+) -> Result<SafetensorsHeader, String> {
     let header = read_header(path).map_err(|e| e.to_string())?;
     if header.tensors.is_empty() {
         return Err("the file holds no tensors".into());
@@ -101,6 +101,14 @@ pub fn validate_update(path: &Path, expected: Option<&Schema>) -> Result<Safeten
         }
     }
     Ok(header)
+}
+
+/// A finished file: where it is, its digest and size.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// Writes a safetensors file front to back: the header first (shapes are known), then the
@@ -158,10 +166,14 @@ impl StreamWriter {
         self.write_bytes(&bytes)
     }
 
-    /// Flushes and fsyncs; returns (path, sha256, size).
-    pub fn finish(self) -> std::io::Result<(PathBuf, String, u64)> {
+    /// Flushes and fsyncs.
+    pub fn finish(self) -> std::io::Result<WrittenFile> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok((self.path, hex::encode(self.hasher.finalize()), self.size))
+        Ok(WrittenFile {
+            path: self.path,
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+        })
     }
 }

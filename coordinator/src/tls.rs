@@ -158,11 +158,9 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(
-                    std::time::Duration::from_secs(15),
-                    acceptor.accept(tcp),
-                )
-                .await;
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(15), acceptor.accept(tcp))
+                        .await;
                 match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

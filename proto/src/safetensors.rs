@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-
 /// Header size we accept; real headers of our models are a few tens of KB.
 const MAX_HEADER: u64 = 64 << 20;
 
@@ -175,14 +174,18 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<SafetensorsHeader, S
                 "tensor {name}: dtype {dtype:?}, only F32 is supported"
             ));
         }
-        let shape = usize_list(&entry, "shape").ok_or_else(|| format!("tensor {name}: no shape"))?;
+        let shape =
+            usize_list(&entry, "shape").ok_or_else(|| format!("tensor {name}: no shape"))?;
         let offsets = usize_list(&entry, "data_offsets").unwrap_or_default();
         let [begin, end] = offsets[..] else {
             return Err(format!("tensor {name}: data_offsets missing"));
         };
         let (begin, end) = (begin as u64, end as u64);
         let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        if begin > end || end > data_len || count.and_then(|c| c.checked_mul(4)) != Some(end - begin) {
+        if begin > end
+            || end > data_len
+            || count.and_then(|c| c.checked_mul(4)) != Some(end - begin)
+        {
             return Err(format!(
                 "tensor {name}: offsets {begin}..{end} do not match shape {shape:?} within {data_len} data bytes (truncated?)"
             ));
@@ -243,12 +246,11 @@ pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile, SafetensorsError
         path: path.to_path_buf(),
         source,
     })?;
-    let header = parse_header(&bytes, bytes.len() as u64).map_err(|reason| {
-        SafetensorsError::Format {
+    let header =
+        parse_header(&bytes, bytes.len() as u64).map_err(|reason| SafetensorsError::Format {
             path: path.to_path_buf(),
             reason,
-        }
-    })?;
+        })?;
     let data = &bytes[header.data_start as usize..];
     let tensors = header
         .tensors

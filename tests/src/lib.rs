@@ -24,7 +24,10 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        let bins = (target.join("debug/coordinator"), target.join("debug/site-agent"));
+        let bins = (
+            target.join("debug/coordinator"),
+            target.join("debug/site-agent"),
+        );
         if !bins.0.is_file() || !bins.1.is_file() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
@@ -171,7 +174,11 @@ impl Fed {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read");
-        assert!(line.starts_with("listening on"), "coordinator said {line:?}; log: {}", self.log("coordinator"));
+        assert!(
+            line.starts_with("listening on"),
+            "coordinator said {line:?}; log: {}",
+            self.log("coordinator")
+        );
         self.coordinator = Some(Proc {
             child,
             name: "coordinator".into(),
@@ -245,7 +252,9 @@ impl Fed {
     pub fn submit(&self, plan: &str) -> String {
         let path = self.root().join(format!("plan-{}.toml", free_port()));
         std::fs::write(&path, plan).expect("plan");
-        self.admin(&["job", "submit", path.to_str().unwrap_or_default()]).trim().to_string()
+        self.admin(&["job", "submit", path.to_str().unwrap_or_default()])
+            .trim()
+            .to_string()
     }
 
     pub fn status(&self, job: &str) -> JobStatus {
@@ -253,7 +262,8 @@ impl Fed {
     }
 
     pub fn results(&self, job: &str) -> Results {
-        serde_json::from_str(&self.admin(&["job", "results", job, "--format", "json"])).expect("results JSON")
+        serde_json::from_str(&self.admin(&["job", "results", job, "--format", "json"]))
+            .expect("results JSON")
     }
 
     /// Polls until the job leaves "running" or `timeout` passes; returns the last status.
@@ -269,7 +279,12 @@ impl Fed {
     }
 
     /// Polls until `pred` holds on the job status.
-    pub fn wait_until(&self, job: &str, timeout: Duration, pred: impl Fn(&JobStatus) -> bool) -> JobStatus {
+    pub fn wait_until(
+        &self,
+        job: &str,
+        timeout: Duration,
+        pred: impl Fn(&JobStatus) -> bool,
+    ) -> JobStatus {
         let start = Instant::now();
         loop {
             let s = self.status(job);
@@ -325,8 +340,16 @@ impl FakeSite {
     /// Joins and waits for the first task.
     pub async fn next_task(&mut self) -> fedseg_proto::pb::Task {
         use fedseg_proto::pb;
-        self.client.join(pb::JoinRequest::default()).await.expect("join");
-        let mut stream = self.client.tasks(pb::TasksRequest {}).await.expect("tasks").into_inner();
+        self.client
+            .join(pb::JoinRequest::default())
+            .await
+            .expect("join");
+        let mut stream = self
+            .client
+            .tasks(pb::TasksRequest {})
+            .await
+            .expect("tasks")
+            .into_inner();
         tokio::time::timeout(Duration::from_secs(30), stream.message())
             .await
             .expect("a task within 30 s")
@@ -343,24 +366,33 @@ impl FakeSite {
     ) -> Result<String, tonic::Status> {
         use fedseg_proto::pb::{self, upload_part::Part};
         use sha2::Digest;
-        let digest = faults.digest.clone().unwrap_or_else(|| hex::encode(sha2::Sha256::digest(&bytes)));
+        let digest = faults
+            .digest
+            .clone()
+            .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(&bytes)));
         let header = pb::UploadHeader {
             task_id: task_id.to_string(),
             size: faults.announce.unwrap_or(bytes.len() as u64),
             sample_count: samples,
             ..Default::default()
         };
-        let mut parts = vec![pb::UploadPart { part: Some(Part::Header(header)) }];
+        let mut parts = vec![pb::UploadPart {
+            part: Some(Part::Header(header)),
+        }];
         let mut body = bytes;
         body.extend(std::iter::repeat_n(0u8, faults.extra));
         if let Some(n) = faults.stop_after {
             body.truncate(n);
         }
         for c in body.chunks(fedseg_proto::CHUNK_BYTES) {
-            parts.push(pb::UploadPart { part: Some(Part::Chunk(c.to_vec())) });
+            parts.push(pb::UploadPart {
+                part: Some(Part::Chunk(c.to_vec())),
+            });
         }
         if faults.stop_after.is_none() {
-            parts.push(pb::UploadPart { part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })) });
+            parts.push(pb::UploadPart {
+                part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })),
+            });
         }
         self.client
             .upload_update(tokio_stream::iter(parts))
@@ -381,6 +413,7 @@ pub fn safetensors_bytes(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
             data: d.clone(),
         })
         .collect();
-    fedseg_proto::safetensors::write_safetensors(&path, &named, &Default::default()).expect("write");
+    fedseg_proto::safetensors::write_safetensors(&path, &named, &Default::default())
+        .expect("write");
     std::fs::read(&path).expect("read")
 }

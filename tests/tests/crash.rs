@@ -35,13 +35,27 @@ fn a_site_killed_mid_round_does_not_stall_a_quorum_round() {
     let job = fed.submit(&plan(2, 1, 3, 600));
     // Kill vh once it is working on its task.
     fed.wait_until(&job, Duration::from_secs(120), |s| {
-        s.sites.get("vh").and_then(|v| v["state"].as_str()).is_some_and(|st| st == "training")
+        s.sites
+            .get("vh")
+            .and_then(|v| v["state"].as_str())
+            .is_some_and(|st| st == "training")
     });
     fed.kill_agent("vh");
     let status = fed.wait_job(&job, Duration::from_secs(300));
-    assert_eq!(status.job.state, JobState::Done, "{}\n{}", status.render(), fed.logs());
+    assert_eq!(
+        status.job.state,
+        JobState::Done,
+        "{}\n{}",
+        status.render(),
+        fed.logs()
+    );
     let round = &status.stages[0].rounds[0];
-    let done: Vec<&str> = round.tasks.iter().filter(|t| t.state == TaskState::Done).map(|t| t.site.as_str()).collect();
+    let done: Vec<&str> = round
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Done)
+        .map(|t| t.site.as_str())
+        .collect();
     assert_eq!(done, ["emidec", "mscmr"], "{}", status.render());
 }
 
@@ -51,7 +65,10 @@ fn without_quorum_the_stage_fails_at_its_deadline_with_the_reason() {
     fed.start_all();
     let job = fed.submit(&plan(3, 1, 3, 20));
     fed.wait_until(&job, Duration::from_secs(120), |s| {
-        s.sites.get("vh").and_then(|v| v["state"].as_str()).is_some_and(|st| st == "training")
+        s.sites
+            .get("vh")
+            .and_then(|v| v["state"].as_str())
+            .is_some_and(|st| st == "training")
     });
     fed.kill_agent("vh");
     let status = fed.wait_job(&job, Duration::from_secs(120));
@@ -59,7 +76,9 @@ fn without_quorum_the_stage_fails_at_its_deadline_with_the_reason() {
     assert_eq!(status.stages[0].state, StageState::Failed);
     let reason = status.job.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("2 of the 3 sites needed reported") && reason.contains("no result from vh") && reason.contains("deadline"),
+        reason.contains("2 of the 3 sites needed reported")
+            && reason.contains("no result from vh")
+            && reason.contains("deadline"),
         "{reason}"
     );
 }
@@ -71,7 +90,13 @@ fn a_coordinator_killed_mid_round_resumes_to_the_same_model() {
     reference.start_all();
     let job = reference.submit(&plan(3, 2, 2, 600));
     let status = reference.wait_job(&job, Duration::from_secs(300));
-    assert_eq!(status.job.state, JobState::Done, "{}\n{}", status.render(), reference.logs());
+    assert_eq!(
+        status.job.state,
+        JobState::Done,
+        "{}\n{}",
+        status.render(),
+        reference.logs()
+    );
     reference.coordinator.take();
     let expected = final_model(&reference, &job);
     drop(reference);
@@ -80,15 +105,31 @@ fn a_coordinator_killed_mid_round_resumes_to_the_same_model() {
     fed.start_all();
     let job = fed.submit(&plan(3, 2, 2, 600));
     // SIGKILL while round 2 is open.
-    fed.wait_until(&job, Duration::from_secs(300), |s| s.stages[0].rounds.len() == 2);
+    fed.wait_until(&job, Duration::from_secs(300), |s| {
+        s.stages[0].rounds.len() == 2
+    });
     fed.coordinator.as_mut().expect("running").kill();
     std::thread::sleep(Duration::from_secs(2));
     fed.start_coordinator();
     let status = fed.wait_job(&job, Duration::from_secs(300));
-    assert_eq!(status.job.state, JobState::Done, "{}\n{}", status.render(), fed.logs());
+    assert_eq!(
+        status.job.state,
+        JobState::Done,
+        "{}\n{}",
+        status.render(),
+        fed.logs()
+    );
     fed.coordinator.take();
-    assert_eq!(final_model(&fed, &job), expected, "resumed run differs from the uninterrupted one");
-    assert!(fed.log("coordinator").contains("resuming job"), "{}", fed.log("coordinator"));
+    assert_eq!(
+        final_model(&fed, &job),
+        expected,
+        "resumed run differs from the uninterrupted one"
+    );
+    assert!(
+        fed.log("coordinator").contains("resuming job"),
+        "{}",
+        fed.log("coordinator")
+    );
 }
 
 #[test]
@@ -107,5 +148,11 @@ fn a_job_whose_stored_plan_changed_is_not_resumed() {
     fed.start_coordinator();
     let status = fed.status(&job);
     assert_eq!(status.job.state, JobState::Failed, "{}", status.render());
-    assert!(status.job.reason.unwrap_or_default().contains("plan changed"));
+    assert!(
+        status
+            .job
+            .reason
+            .unwrap_or_default()
+            .contains("plan changed")
+    );
 }

@@ -8,7 +8,10 @@ use fedseg_coordinator::records::JobState;
 use fedseg_tests::{FakeSite, Fed, UploadFaults, safetensors_bytes};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn fedavg_plan(sites: &[&str], min_sites: usize, timeout_s: u32) -> String {
@@ -18,7 +21,10 @@ fn fedavg_plan(sites: &[&str], min_sites: usize, timeout_s: u32) -> String {
 }
 
 fn good() -> Vec<u8> {
-    safetensors_bytes(&[("a", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]), ("b", vec![3], vec![0.5; 3])])
+    safetensors_bytes(&[
+        ("a", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+        ("b", vec![3], vec![0.5; 3]),
+    ])
 }
 
 #[test]
@@ -34,48 +40,142 @@ fn bad_updates_and_streams_are_refused_with_reasons() {
         let tb = b.next_task().await;
         assert!(tb.task_id.ends_with("/mscmr"), "{}", tb.task_id);
         // The first good update fixes the schema of this from-scratch round.
-        a.upload(&ta.task_id, good(), 10, UploadFaults::default()).await.expect("good update");
+        a.upload(&ta.task_id, good(), 10, UploadFaults::default())
+            .await
+            .expect("good update");
 
-        let nan = safetensors_bytes(&[("a", vec![2, 2], vec![1.0, f32::NAN, 3.0, 4.0]), ("b", vec![3], vec![0.5; 3])]);
-        let inf = safetensors_bytes(&[("a", vec![2, 2], vec![1.0; 4]), ("b", vec![3], vec![f32::INFINITY; 3])]);
-        let renamed = safetensors_bytes(&[("a", vec![2, 2], vec![1.0; 4]), ("c", vec![3], vec![0.5; 3])]);
-        let reshaped = safetensors_bytes(&[("a", vec![4], vec![1.0; 4]), ("b", vec![3], vec![0.5; 3])]);
+        let nan = safetensors_bytes(&[
+            ("a", vec![2, 2], vec![1.0, f32::NAN, 3.0, 4.0]),
+            ("b", vec![3], vec![0.5; 3]),
+        ]);
+        let inf = safetensors_bytes(&[
+            ("a", vec![2, 2], vec![1.0; 4]),
+            ("b", vec![3], vec![f32::INFINITY; 3]),
+        ]);
+        let renamed = safetensors_bytes(&[
+            ("a", vec![2, 2], vec![1.0; 4]),
+            ("c", vec![3], vec![0.5; 3]),
+        ]);
+        let reshaped =
+            safetensors_bytes(&[("a", vec![4], vec![1.0; 4]), ("b", vec![3], vec![0.5; 3])]);
         let n = good().len();
         let cases: Vec<(&str, Vec<u8>, UploadFaults, &str)> = vec![
             ("NaN", nan, UploadFaults::default(), "non-finite value NaN"),
-            ("Inf", inf, UploadFaults::default(), "tensor b: non-finite value inf"),
-            ("renamed", renamed, UploadFaults::default(), "unexpected tensor c"),
-            ("reshaped", reshaped, UploadFaults::default(), "tensor a: shape [4], expected [2, 2]"),
-            ("garbage", vec![7u8; 64], UploadFaults::default(), "not a safetensors file"),
-            ("digest", good(), UploadFaults { digest: Some("00".repeat(32)), ..Default::default() }, "SHA-256 mismatch"),
-            ("truncated", good(), UploadFaults { announce: Some(n as u64 + 8), ..Default::default() }, "truncated stream"),
-            ("oversized", good(), UploadFaults { extra: 100, ..Default::default() }, "exceeds its announced size"),
-            ("no trailer", good(), UploadFaults { stop_after: Some(n / 2), ..Default::default() }, "no trailer"),
-            ("too large", good(), UploadFaults { announce: Some(60_000_000), ..Default::default() }, "exceeds the coordinator's limit"),
+            (
+                "Inf",
+                inf,
+                UploadFaults::default(),
+                "tensor b: non-finite value inf",
+            ),
+            (
+                "renamed",
+                renamed,
+                UploadFaults::default(),
+                "unexpected tensor c",
+            ),
+            (
+                "reshaped",
+                reshaped,
+                UploadFaults::default(),
+                "tensor a: shape [4], expected [2, 2]",
+            ),
+            (
+                "garbage",
+                vec![7u8; 64],
+                UploadFaults::default(),
+                "not a safetensors file",
+            ),
+            (
+                "digest",
+                good(),
+                UploadFaults {
+                    digest: Some("00".repeat(32)),
+                    ..Default::default()
+                },
+                "SHA-256 mismatch",
+            ),
+            (
+                "truncated",
+                good(),
+                UploadFaults {
+                    announce: Some(n as u64 + 8),
+                    ..Default::default()
+                },
+                "truncated stream",
+            ),
+            (
+                "oversized",
+                good(),
+                UploadFaults {
+                    extra: 100,
+                    ..Default::default()
+                },
+                "exceeds its announced size",
+            ),
+            (
+                "no trailer",
+                good(),
+                UploadFaults {
+                    stop_after: Some(n / 2),
+                    ..Default::default()
+                },
+                "no trailer",
+            ),
+            (
+                "too large",
+                good(),
+                UploadFaults {
+                    announce: Some(60_000_000),
+                    ..Default::default()
+                },
+                "exceeds the coordinator's limit",
+            ),
         ];
         for (what, bytes, faults, expect) in cases {
-            let e = b.upload(&tb.task_id, bytes, 10, faults).await.expect_err(what);
+            let e = b
+                .upload(&tb.task_id, bytes, 10, faults)
+                .await
+                .expect_err(what);
             assert!(e.message().contains(expect), "{what}: {e:?}");
         }
         // Someone else's task, and a malformed id.
-        let e = b.upload(&ta.task_id, good(), 10, UploadFaults::default()).await.expect_err("other site");
+        let e = b
+            .upload(&ta.task_id, good(), 10, UploadFaults::default())
+            .await
+            .expect_err("other site");
         assert!(e.message().contains("belongs to site emidec"), "{e:?}");
-        let e = b.upload("nonsense", good(), 10, UploadFaults::default()).await.expect_err("bad id");
+        let e = b
+            .upload("nonsense", good(), 10, UploadFaults::default())
+            .await
+            .expect_err("bad id");
         assert!(e.message().contains("malformed task id"), "{e:?}");
         // None of the refused transfers left a file behind.
         let left: Vec<_> = std::fs::read_dir(&incoming).expect("incoming").collect();
         assert!(left.is_empty(), "partial uploads left behind: {left:?}");
 
         // The round still takes the good update, closes, and a late one is stale.
-        b.upload(&tb.task_id, good(), 30, UploadFaults::default()).await.expect("good update");
-        let e = b.upload(&tb.task_id, good(), 30, UploadFaults::default()).await.expect_err("duplicate");
-        assert!(e.message().contains("closed") || e.message().contains("duplicate"), "{e:?}");
+        b.upload(&tb.task_id, good(), 30, UploadFaults::default())
+            .await
+            .expect("good update");
+        let e = b
+            .upload(&tb.task_id, good(), 30, UploadFaults::default())
+            .await
+            .expect_err("duplicate");
+        assert!(
+            e.message().contains("closed") || e.message().contains("duplicate"),
+            "{e:?}"
+        );
     });
     let status = fed.wait_job(&job, Duration::from_secs(30));
     assert_eq!(status.job.state, JobState::Done, "{}", status.render());
     let rejected = &status.stages[0].rounds[0].rejected;
     for reason in ["non-finite value NaN", "unexpected tensor c", "shape [4]"] {
-        assert!(rejected.iter().any(|r| r.contains(reason) && r.starts_with("mscmr")), "{rejected:?}");
+        assert!(
+            rejected
+                .iter()
+                .any(|r| r.contains(reason) && r.starts_with("mscmr")),
+            "{rejected:?}"
+        );
     }
 }
 
@@ -94,14 +194,27 @@ fn an_upload_cut_off_mid_stream_leaves_nothing_and_can_be_retried() {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut client = FakeSite::connect(&ep).await.client;
         let call = tokio::spawn(async move {
-            client.upload_update(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+            client
+                .upload_update(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
         });
         use fedseg_proto::pb::{self, upload_part::Part};
-        tx.send(pb::UploadPart { part: Some(Part::Header(pb::UploadHeader {
-            task_id: task.task_id.clone(), size: big.len() as u64, sample_count: 5, ..Default::default()
-        })) }).await.expect("send");
+        tx.send(pb::UploadPart {
+            part: Some(Part::Header(pb::UploadHeader {
+                task_id: task.task_id.clone(),
+                size: big.len() as u64,
+                sample_count: 5,
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("send");
         for c in big.chunks(fedseg_proto::CHUNK_BYTES).take(8) {
-            tx.send(pb::UploadPart { part: Some(Part::Chunk(c.to_vec())) }).await.expect("send");
+            tx.send(pb::UploadPart {
+                part: Some(Part::Chunk(c.to_vec())),
+            })
+            .await
+            .expect("send");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         call.abort();
@@ -109,7 +222,9 @@ fn an_upload_cut_off_mid_stream_leaves_nothing_and_can_be_retried() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let left: Vec<_> = std::fs::read_dir(&incoming).expect("incoming").collect();
         assert!(left.is_empty(), "partial upload left behind: {left:?}");
-        site.upload(&task.task_id, big, 5, UploadFaults::default()).await.expect("retry succeeds");
+        site.upload(&task.task_id, big, 5, UploadFaults::default())
+            .await
+            .expect("retry succeeds");
     });
     let status = fed.wait_job(&job, Duration::from_secs(30));
     assert_eq!(status.job.state, JobState::Done, "{}", status.render());
@@ -129,7 +244,10 @@ fn a_model_of_half_a_gigabyte_goes_up_and_down_intact() {
         let bytes = safetensors_bytes(&[("big", vec![n], data)]);
         let size = bytes.len() as u64;
         assert!(size >= 500_000_000);
-        let sha = site.upload(&task.task_id, bytes, 1, UploadFaults::default()).await.expect("upload");
+        let sha = site
+            .upload(&task.task_id, bytes, 1, UploadFaults::default())
+            .await
+            .expect("upload");
         drop(sha);
         let status = fed.wait_job(&job, Duration::from_secs(120));
         assert_eq!(status.job.state, JobState::Done, "{}", status.render());

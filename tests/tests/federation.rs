@@ -63,7 +63,13 @@ fn three_sites_run_a_whole_plan() {
     fed.start_all();
     let job = fed.submit(&plan());
     let status = fed.wait_job(&job, Duration::from_secs(600));
-    assert_eq!(status.job.state, JobState::Done, "{}\n{}", status.render(), fed.logs());
+    assert_eq!(
+        status.job.state,
+        JobState::Done,
+        "{}\n{}",
+        status.render(),
+        fed.logs()
+    );
 
     // Every site × model cell of the evaluation table is there.
     let results = fed.results(&job);
@@ -71,8 +77,14 @@ fn three_sites_run_a_whole_plan() {
     assert_eq!(models, ["single", "fed", "ft"]);
     for row in &results.rows {
         for site in SITES {
-            let cell = row.cells.get(site).unwrap_or_else(|| panic!("no {site} cell for {}", row.model));
-            assert!(cell.n >= 1 && (0.0..=1.0).contains(&cell.lv_mean), "{row:?}");
+            let cell = row
+                .cells
+                .get(site)
+                .unwrap_or_else(|| panic!("no {site} cell for {}", row.model));
+            assert!(
+                cell.n >= 1 && (0.0..=1.0).contains(&cell.lv_mean),
+                "{row:?}"
+            );
         }
     }
     let text = fed.admin(&["job", "results", &job]);
@@ -84,33 +96,60 @@ fn three_sites_run_a_whole_plan() {
 
     // A model version can be exported over the admin API.
     let exported = fed.root().join("fed.safetensors");
-    fed.admin(&["model", "export", &format!("{job}/fed"), exported.to_str().unwrap_or_default()]);
+    fed.admin(&[
+        "model",
+        "export",
+        &format!("{job}/fed"),
+        exported.to_str().unwrap_or_default(),
+    ]);
     let exported = read_safetensors(&exported).expect("exported model");
 
     // Stop the coordinator to read its sled state directly.
     fed.coordinator.take();
     let store = Store::open(&fed.state_dir().join("db")).expect("sled");
     let record = store.job(&job).expect("read").expect("job");
-    let blob = |sha: &str| fed.state_dir().join("blobs").join(format!("{sha}.safetensors"));
+    let blob = |sha: &str| {
+        fed.state_dir()
+            .join("blobs")
+            .join(format!("{sha}.safetensors"))
+    };
 
     // The FedAvg model equals the sample-weighted mean of the stored site updates.
     let fed_stage = &record.stages[2];
     let round = fed_stage.rounds.last().expect("round");
     let mut updates = Vec::new();
     for (site, task) in &round.tasks {
-        let u = task.update.as_ref().unwrap_or_else(|| panic!("{site} has no update"));
-        updates.push((u.sample_count as f64, read_safetensors(&blob(&u.sha256)).expect("update").tensors));
+        let u = task
+            .update
+            .as_ref()
+            .unwrap_or_else(|| panic!("{site} has no update"));
+        updates.push((
+            u.sample_count as f64,
+            read_safetensors(&blob(&u.sha256)).expect("update").tensors,
+        ));
     }
     assert_eq!(updates.len(), 3);
     let total: f64 = updates.iter().map(|u| u.0).sum();
-    let version = store.model(fed_stage.output.as_deref().expect("output")).expect("read").expect("model");
-    let aggregate = read_safetensors(&blob(&version.sha256)).expect("aggregate").tensors;
-    assert_eq!(aggregate, exported.tensors, "export differs from the stored model");
+    let version = store
+        .model(fed_stage.output.as_deref().expect("output"))
+        .expect("read")
+        .expect("model");
+    let aggregate = read_safetensors(&blob(&version.sha256))
+        .expect("aggregate")
+        .tensors;
+    assert_eq!(
+        aggregate, exported.tensors,
+        "export differs from the stored model"
+    );
     for t in &aggregate {
         for (i, v) in t.data.iter().enumerate() {
             let mut acc = 0.0f64;
             for (w, tensors) in &updates {
-                let x = tensors.iter().find(|u| u.name == t.name).expect("same names").data[i];
+                let x = tensors
+                    .iter()
+                    .find(|u| u.name == t.name)
+                    .expect("same names")
+                    .data[i];
                 acc += w * f64::from(x);
             }
             assert_eq!(*v, (acc / total) as f32, "{}[{i}]", t.name);
@@ -118,7 +157,10 @@ fn three_sites_run_a_whole_plan() {
     }
 
     // Fine-tuning changed encoder blocks 0-1 only.
-    let ft = store.model(record.stages[3].output.as_deref().expect("ft output")).expect("read").expect("ft");
+    let ft = store
+        .model(record.stages[3].output.as_deref().expect("ft output"))
+        .expect("read")
+        .expect("ft");
     let tuned: BTreeMap<String, Vec<f32>> = read_safetensors(&blob(&ft.sha256))
         .expect("ft model")
         .tensors

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fedseg_proto::MAX_MESSAGE_BYTES;
 use fedseg_proto::client::{ConnectError, FederationEndpoint, error_chain};
 use fedseg_proto::pb::{self, site_client::SiteClient, upload_part::Part};
 use fedseg_proto::transfer::{IncomingFile, TransferError, send_file, sha256_file};
-use fedseg_proto::MAX_MESSAGE_BYTES;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -64,7 +64,11 @@ pub async fn run(config: SiteConfig) -> Result<(), AgentError> {
         let started = Instant::now();
         match agent.session().await {
             Ok(()) => tracing::info!("task stream ended; reconnecting"),
-            Err(e) => tracing::warn!("{}; reconnecting in {:.1} s", describe(&e), backoff.as_secs_f32()),
+            Err(e) => tracing::warn!(
+                "{}; reconnecting in {:.1} s",
+                describe(&e),
+                backoff.as_secs_f32()
+            ),
         }
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_millis(500);
@@ -76,7 +80,14 @@ pub async fn run(config: SiteConfig) -> Result<(), AgentError> {
 
 fn describe(e: &AgentError) -> String {
     match e {
-        AgentError::Rpc(s) => format!("coordinator: {} ({:?}){}", s.message(), s.code(), s.source_ref().map(|s| format!(": {}", error_chain(s))).unwrap_or_default()),
+        AgentError::Rpc(s) => format!(
+            "coordinator: {} ({:?}){}",
+            s.message(),
+            s.code(),
+            s.source_ref()
+                .map(|s| format!(": {}", error_chain(s)))
+                .unwrap_or_default()
+        ),
         other => other.to_string(),
     }
 }
@@ -134,7 +145,11 @@ impl Agent {
             })
             .await?
             .into_inner();
-        tracing::info!(site = joined.site, coordinator = self.endpoint.coordinator, "joined the federation");
+        tracing::info!(
+            site = joined.site,
+            coordinator = self.endpoint.coordinator,
+            "joined the federation"
+        );
         let period = Duration::from_secs(u64::from(joined.heartbeat_s.max(1)));
         let _heartbeat = {
             let mut hb = client.clone();
@@ -145,7 +160,10 @@ impl Agent {
                     let req = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     match hb.heartbeat(req.clone()).await {
                         Ok(r) if r.get_ref().cancel_task && !req.task_id.is_empty() => {
-                            tracing::warn!(task = req.task_id, "coordinator no longer wants this task; its result will be dropped")
+                            tracing::warn!(
+                                task = req.task_id,
+                                "coordinator no longer wants this task; its result will be dropped"
+                            )
                         }
                         Ok(_) => {}
                         Err(e) => tracing::debug!("heartbeat: {}", e.message()),
@@ -165,7 +183,10 @@ impl Agent {
         let dir = self.bench.work_dir.join("tasks").join(safe_name(&id));
         let outcome = match load_pending(&dir)? {
             Some(o) => {
-                tracing::info!(task = id, "delivering a result computed before the connection dropped");
+                tracing::info!(
+                    task = id,
+                    "delivering a result computed before the connection dropped"
+                );
                 o
             }
             None => {
@@ -187,7 +208,12 @@ impl Agent {
             // The coordinator refused this result for good (stale round, duplicate, invalid):
             // keeping it would only resend it.
             Err(AgentError::Rpc(s))
-                if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) =>
+                if matches!(
+                    s.code(),
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::ResourceExhausted
+                ) =>
             {
                 tracing::warn!(task = id, "result refused: {}", s.message());
                 let _ = std::fs::remove_dir_all(&dir);
@@ -197,7 +223,12 @@ impl Agent {
         }
     }
 
-    async fn execute(&self, client: &mut Client, task: &pb::Task, dir: &Path) -> Result<Outcome, AgentError> {
+    async fn execute(
+        &self,
+        client: &mut Client,
+        task: &pb::Task,
+        dir: &Path,
+    ) -> Result<Outcome, AgentError> {
         let id = task.task_id.clone();
         self.set_state("downloading", &id);
         let t0 = Instant::now();
@@ -217,7 +248,11 @@ impl Agent {
         let task2 = task.clone();
         let dir2 = dir.to_path_buf();
         self.set_state(
-            if matches!(task.work, Some(pb::task::Work::Train(_))) { "training" } else { "evaluating" },
+            if matches!(task.work, Some(pb::task::Work::Train(_))) {
+                "training"
+            } else {
+                "evaluating"
+            },
             &id,
         );
         let result = tokio::task::spawn_blocking(move || {
@@ -242,7 +277,10 @@ impl Agent {
         Ok(match result {
             Ok(Outcome::Update { file, header }) => Outcome::Update {
                 file,
-                header: pb::UploadHeader { download_s, ..header },
+                header: pb::UploadHeader {
+                    download_s,
+                    ..header
+                },
             },
             Ok(other) => other,
             Err(reason) => {
@@ -259,12 +297,18 @@ impl Agent {
 
     async fn download(&self, client: &mut Client, m: &pb::ModelRef) -> Result<PathBuf, AgentError> {
         let hex: String = m.sha256.chars().filter(char::is_ascii_hexdigit).collect();
-        let dest = self.bench.work_dir.join("models").join(format!("{hex}.safetensors"));
+        let dest = self
+            .bench
+            .work_dir
+            .join("models")
+            .join(format!("{hex}.safetensors"));
         if dest.is_file() {
             return Ok(dest);
         }
         let mut stream = client
-            .download_model(pb::DownloadRequest { version: m.version.clone() })
+            .download_model(pb::DownloadRequest {
+                version: m.version.clone(),
+            })
             .await?
             .into_inner();
         let mut file = IncomingFile::create(&self.bench.work_dir.join("models"), m.size).await?;
@@ -285,11 +329,16 @@ impl Agent {
                 let (sha, size) = sha256_file(&file).await?;
                 let header = pb::UploadHeader { size, ..header };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
-                tx.send(Ok(pb::UploadPart { part: Some(Part::Header(header)) }))
-                    .await
-                    .map_err(|_| AgentError::Local("upload channel closed".into()))?;
+                tx.send(Ok(pb::UploadPart {
+                    part: Some(Part::Header(header)),
+                }))
+                .await
+                .map_err(|_| AgentError::Local("upload channel closed".into()))?;
                 let sender = tokio::spawn(async move {
-                    let sent = send_file(&file, tx.clone(), |data| pb::UploadPart { part: Some(Part::Chunk(data)) }).await;
+                    let sent = send_file(&file, tx.clone(), |data| pb::UploadPart {
+                        part: Some(Part::Chunk(data)),
+                    })
+                    .await;
                     if sent.is_ok() {
                         let _ = tx
                             .send(Ok(pb::UploadPart {
@@ -298,7 +347,8 @@ impl Agent {
                             .await;
                     }
                 });
-                let parts = tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(|r: Result<pb::UploadPart, tonic::Status>| r.ok());
+                let parts = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .filter_map(|r: Result<pb::UploadPart, tonic::Status>| r.ok());
                 let reply = client.upload_update(parts).await;
                 sender.abort();
                 reply?;

@@ -38,7 +38,12 @@ fn default_work_dir() -> PathBuf {
 impl FederationSection {
     /// Relative paths are relative to the folder of the config file.
     pub fn resolve(&mut self, base: &Path) {
-        for p in [&mut self.ca, &mut self.cert, &mut self.key, &mut self.work_dir] {
+        for p in [
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.key,
+            &mut self.work_dir,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -73,7 +73,9 @@ impl Workbench {
             Some((k, r)) if r.chars().all(|c| c.is_ascii_digit()) => k,
             _ => version_or_key,
         };
-        self.work_dir.join("local").join(format!("{key}.safetensors"))
+        self.work_dir
+            .join("local")
+            .join(format!("{key}.safetensors"))
     }
 
     pub fn train(
@@ -109,7 +111,12 @@ impl Workbench {
         let stage_key = format!("{}.{}", task.job_id, task.stage_name);
         let local_path = self.local_file(&stage_key);
         let mut init_tensors = match init {
-            Some(p) => Some(WeightsFile::read(p).map_err(err)?.tensors_for(&unet).map_err(err)?),
+            Some(p) => Some(
+                WeightsFile::read(p)
+                    .map_err(err)?
+                    .tensors_for(&unet)
+                    .map_err(err)?,
+            ),
             None => None,
         };
         if local.is_some()
@@ -185,7 +192,8 @@ impl Workbench {
             quantiles: spec.reference_quantiles.clone(),
         });
         if let Some(r) = &reference {
-            r.validate().map_err(|e| format!("histogram reference: {e}"))?;
+            r.validate()
+                .map_err(|e| format!("histogram reference: {e}"))?;
         }
         let mut scores = Vec::new();
         for (version, path) in models {
@@ -219,9 +227,9 @@ impl Workbench {
         }
         Ok(Outcome::Report(pb::ReportRequest {
             task_id: task.task_id.clone(),
-            report: Some(pb::report_request::Report::Evaluation(pb::EvaluationReport {
-                models: scores,
-            })),
+            report: Some(pb::report_request::Report::Evaluation(
+                pb::EvaluationReport { models: scores },
+            )),
             seconds: started.elapsed().as_secs_f64(),
             error: String::new(),
         }))

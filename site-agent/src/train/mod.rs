@@ -252,9 +252,10 @@ pub fn train(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
         }
     }
 
-    let anchor: Option<(f64, BTreeMap<String, NamedTensor>)> = req.proximal.as_ref().map(|(mu, t)| {
-        (*mu, t.iter().map(|x| (x.name.clone(), x.clone())).collect())
-    });
+    let anchor: Option<(f64, BTreeMap<String, NamedTensor>)> = req
+        .proximal
+        .as_ref()
+        .map(|(mu, t)| (*mu, t.iter().map(|x| (x.name.clone(), x.clone())).collect()));
     let mut progress = Progress::new(req.progress, cfg.epochs);
     for epoch in outcome.epochs.len()..cfg.epochs {
         let started = Instant::now();
