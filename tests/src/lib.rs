@@ -96,16 +96,41 @@ impl Fed {
     /// Synthesises `sites` (center names) with `subjects` each, prepared small (64 px, 3 mm)
     /// for the tiny U-Net, and issues the PKI. Nothing runs yet.
     pub fn new(sites: &[&str], subjects: usize, extra_config: &str) -> Fed {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let fed = Fed::bare(sites, extra_config);
         synthesize(&SynthOptions {
-            out: dir.path().join("data"),
+            out: fed.root().join("data"),
             centers: sites.iter().map(|s| s.to_string()).collect(),
             subjects,
             seed: 3,
             modality: Modality::Lge,
         })
         .expect("synth");
+        let endpoint = format!("https://localhost:{}", fed.port);
+        let layout = fed.pki();
+        for site in sites {
+            let b = layout.bundle(Role::Site, site);
+            let path = fed.site_config(site);
+            let mut cfg = SiteConfig::load(&path).expect("site.toml");
+            cfg.preprocess.size = 64;
+            cfg.preprocess.spacing_mm = 3.0;
+            cfg.train.batch_size = 4;
+            let mut text = cfg.to_toml();
+            text.push_str(&format!(
+                "\n[federation]\ncoordinator = \"{endpoint}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nwork_dir = \"work\"\n",
+                b.join("ca.crt").display(),
+                b.join(format!("{site}.crt")).display(),
+                b.join(format!("{site}.key")).display()
+            ));
+            std::fs::write(&path, text).expect("site.toml");
+        }
+        fed
+    }
+
+    /// A PKI (CA, coordinator, admin "ops", one certificate per site) and no data: for tests
+    /// and benchmarks whose sites are driven by the test itself.
+    pub fn bare(sites: &[&str], extra_config: &str) -> Fed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
         let layout = PkiLayout::new(dir.path().join("pki"));
         pki::init(&layout, "test", &["localhost".into(), "127.0.0.1".into()]).expect("pki init");
         let from = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
@@ -117,20 +142,7 @@ impl Fed {
         )
         .expect("admin.toml");
         for site in sites {
-            let b = pki::issue(&layout, Role::Site, site, from, 30).expect("site cert");
-            let path = dir.path().join("data").join(site).join("site.toml");
-            let mut cfg = SiteConfig::load(&path).expect("site.toml");
-            cfg.preprocess.size = 64;
-            cfg.preprocess.spacing_mm = 3.0;
-            cfg.train.batch_size = 4;
-            let mut text = cfg.to_toml();
-            text.push_str(&format!(
-                "\n[federation]\ncoordinator = \"{endpoint}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nwork_dir = \"work\"\n",
-                b.ca.display(),
-                b.cert.display(),
-                b.key.display()
-            ));
-            std::fs::write(&path, text).expect("site.toml");
+            pki::issue(&layout, Role::Site, site, from, 30).expect("site cert");
         }
         Fed {
             dir,
