@@ -182,14 +182,14 @@ impl Site for SiteService {
                 header.size
             ))
         })?;
-        let tmp = self.fed.blobs.incoming_dir().join(format!(
-            "{}.recv",
-            trailer
-                .sha256
-                .chars()
-                .filter(char::is_ascii_hexdigit)
-                .collect::<String>()
-        ));
+        // Unique per upload: two sites may well send identical bytes.
+        static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .fed
+            .blobs
+            .incoming_dir()
+            .join(format!("upload-{n}.recv"));
         let digest = file
             .finish(header.size, Some(&trailer.sha256), &tmp)
             .await

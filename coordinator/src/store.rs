@@ -24,6 +24,7 @@ pub struct Store {
     models: sled::Tree,
     sites: sled::Tree,
     audit: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Store {
@@ -34,6 +35,7 @@ impl Store {
             models: db.open_tree("models")?,
             sites: db.open_tree("sites")?,
             audit: db.open_tree("audit")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
@@ -75,9 +77,18 @@ impl Store {
             .collect()
     }
 
-    /// A new job id: a number that sorts in submission order.
+    /// A new job id: 000001, 000002, ... in submission order.
     pub fn next_job_id(&self) -> Result<String, StoreError> {
-        let n = self.db.generate_id()? + 1;
+        let next = self.meta.update_and_fetch("next_job", |old| {
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        let n = next
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        self.meta.flush()?;
         Ok(format!("{n:06}"))
     }
 

@@ -40,6 +40,16 @@ from = "single"
 rounds = 2
 
 [[stage]]
+name = "fedbn"
+kind = "fedavg"
+strategy = "fedprox"
+mu = 0.1
+local = "norm"
+sites = ["emidec", "mscmr"]
+from = "single"
+rounds = 2
+
+[[stage]]
 name = "ft"
 kind = "finetune"
 sites = ["vh"]
@@ -51,7 +61,7 @@ train_fraction = 0.5
 name = "eval"
 kind = "evaluate"
 sites = ["emidec", "mscmr", "vh"]
-models = ["single", "fed", "ft"]
+models = ["single", "fed", "ft", "fedbn"]
 hist_ref = "hist:emidec"
 "#
     .to_string()
@@ -74,7 +84,7 @@ fn three_sites_run_a_whole_plan() {
     // Every site × model cell of the evaluation table is there.
     let results = fed.results(&job);
     let models: Vec<&str> = results.rows.iter().map(|r| r.model.as_str()).collect();
-    assert_eq!(models, ["single", "fed", "ft"]);
+    assert_eq!(models, ["single", "fed", "ft", "fedbn"]);
     for row in &results.rows {
         for site in SITES {
             let cell = row
@@ -90,7 +100,7 @@ fn three_sites_run_a_whole_plan() {
     let text = fed.admin(&["job", "results", &job]);
     assert!(text.contains("eval:ft"), "{text}");
     let csv = fed.admin(&["job", "results", &job, "--format", "csv"]);
-    assert_eq!(csv.lines().count(), 1 + 3 * 3, "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 4 * 3, "{csv}");
     let status_text = fed.admin(&["job", "status", &job]);
     assert!(status_text.contains("round 2 closed"), "{status_text}");
 
@@ -158,7 +168,7 @@ fn three_sites_run_a_whole_plan() {
 
     // Fine-tuning changed encoder blocks 0-1 only.
     let ft = store
-        .model(record.stages[3].output.as_deref().expect("ft output"))
+        .model(record.stages[4].output.as_deref().expect("ft output"))
         .expect("read")
         .expect("ft");
     let tuned: BTreeMap<String, Vec<f32>> = read_safetensors(&blob(&ft.sha256))
@@ -174,8 +184,52 @@ fn three_sites_run_a_whole_plan() {
         if trainable {
             changed += usize::from(!same);
         } else {
-            assert!(same, "frozen tensor {} changed in fine-tuning", t.name);
+            assert!(
+                same,
+                "frozen tensor {} changed in fine-tuning: {:?} vs {:?} (init {}, tuned {})",
+                t.name,
+                &t.data[..3],
+                tuned.get(&t.name).map(|d| d[..3].to_vec()),
+                record.stages[4].rounds[0].init.clone().unwrap_or_default(),
+                ft.id
+            );
         }
     }
     assert!(changed > 0, "fine-tuning changed nothing");
+
+    // FedBN with FedProx: instance-norm parameters never left the sites; each site kept its own.
+    let bn = store
+        .model(record.stages[3].output.as_deref().expect("fedbn output"))
+        .expect("read")
+        .expect("fedbn");
+    let shared = read_safetensors(&blob(&bn.sha256))
+        .expect("fedbn model")
+        .tensors;
+    assert!(
+        !shared.is_empty() && shared.iter().all(|t| !t.name.contains("norm")),
+        "norm tensors were shared"
+    );
+    assert!(shared.len() < aggregate.len());
+    let mut locals = Vec::new();
+    for site in ["emidec", "mscmr"] {
+        let path = fed
+            .root()
+            .join("data")
+            .join(site)
+            .join(format!("work/local/{job}.fedbn.safetensors"));
+        let local = read_safetensors(&path)
+            .unwrap_or_else(|e| panic!("{site} local parameters: {e}"))
+            .tensors;
+        assert!(!local.is_empty() && local.iter().all(|t| t.name.contains("norm")));
+        locals.push(local);
+    }
+    assert_ne!(
+        locals[0], locals[1],
+        "the sites' local norm parameters should differ"
+    );
+    for round in &record.stages[3].rounds {
+        for task in round.tasks.values() {
+            assert!(task.update.is_some());
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::data::{Part, PreparedSite, SiteConfig, prepare_site};
 use crate::eval::evaluate_site;
 use crate::histogram::HistogramReference;
 use crate::model::TrainableSet;
-use crate::model::params::{load_named, merge_local, partition_local};
+use crate::model::params::{load_named, merge_local, named_tensors, partition_local};
 use crate::model::safetensors::read_safetensors;
 use crate::train::{EpochStats, TrainRequest, WeightsFile, build_model, device_for, train};
 
@@ -201,10 +201,24 @@ impl Workbench {
             let unet = file.unet.clone().unwrap_or_else(|| fallback.clone());
             let mut tensors: Vec<NamedTensor> = file.tensors_for(&unet).map_err(err)?;
             let local = self.local_file(version);
+            let fresh = build_model(&unet, 0, &device);
             if local.is_file() {
                 tensors = merge_local(tensors, &read_safetensors(&local).map_err(err)?.tensors);
+            } else {
+                // A FedBN model at a site that kept no norm parameters of its own (it did not
+                // train in that stage): the norm layers start from their initial affine values.
+                let have: std::collections::BTreeSet<String> =
+                    tensors.iter().map(|t| t.name.clone()).collect();
+                let missing: Vec<NamedTensor> = named_tensors(&fresh)
+                    .into_iter()
+                    .filter(|t| !have.contains(&t.name) && t.name.contains(".norm"))
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::info!(version, "no local norm parameters here; using initial ones");
+                    tensors.extend(missing);
+                }
             }
-            let model = load_named(build_model(&unet, 0, &device), &tensors)
+            let model = load_named(fresh, &tensors)
                 .map_err(|e| format!("model {version}: {e}"))?
                 .valid();
             let result = evaluate_site(&model, &site, Part::Test, reference.as_ref(), &device);
