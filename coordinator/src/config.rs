@@ -28,6 +28,10 @@ pub struct CoordinatorConfig {
     /// Largest model file accepted from a site.
     #[serde(default = "default_max_model")]
     pub max_model_bytes: u64,
+    /// Model uploads and downloads served at once (others queue): bounds memory and keeps
+    /// each transfer fast instead of all of them slow.
+    #[serde(default = "default_transfers")]
+    pub max_concurrent_transfers: usize,
 }
 
 fn default_listen() -> String {
@@ -44,6 +48,9 @@ fn default_heartbeat_timeout() -> f64 {
 }
 fn default_heartbeat() -> u32 {
     5
+}
+fn default_transfers() -> usize {
+    4
 }
 fn default_max_model() -> u64 {
     8 << 30
@@ -89,6 +96,9 @@ impl CoordinatorConfig {
                 "heartbeat_s ({}) must be positive and below heartbeat_timeout_s ({})",
                 self.heartbeat_s, self.heartbeat_timeout_s
             ));
+        }
+        if self.max_concurrent_transfers == 0 {
+            return Err("max_concurrent_transfers must be at least 1".into());
         }
         for f in &self.revoked {
             if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {

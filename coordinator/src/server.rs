@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedseg_proto::pb::{admin_server::AdminServer, site_server::SiteServer};
-use fedseg_proto::{MAX_MESSAGE_BYTES, WINDOW_BYTES};
+use fedseg_proto::{MAX_MESSAGE_BYTES, SERVER_CONNECTION_WINDOW_BYTES, SERVER_STREAM_WINDOW_BYTES};
 
 use crate::config::CoordinatorConfig;
 use crate::engine::Federation;
@@ -37,8 +37,12 @@ pub async fn serve(
     tracing::info!(%addr, "coordinator listening (mutual TLS)");
     // Scripts wait for this line to know the port (useful with port 0).
     println!("listening on {addr}");
+    let transfers = Arc::new(tokio::sync::Semaphore::new(
+        fed.config.max_concurrent_transfers,
+    ));
     let site = SiteServer::new(SiteService {
         fed: Arc::clone(&fed),
+        transfers,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -48,8 +52,8 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
-        .initial_stream_window_size(WINDOW_BYTES)
-        .initial_connection_window_size(WINDOW_BYTES)
+        .initial_stream_window_size(SERVER_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(SERVER_CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(site)

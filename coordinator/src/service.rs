@@ -51,6 +51,9 @@ pub fn status_of(e: EngineError) -> Status {
 
 pub struct SiteService {
     pub fed: Arc<Federation>,
+    /// Model transfers served at once; the rest wait with only their HTTP/2 window buffered,
+    /// so coordinator memory does not grow with the number of sites.
+    pub transfers: Arc<tokio::sync::Semaphore>,
 }
 
 #[tonic::async_trait]
@@ -134,7 +137,16 @@ impl Site for SiteService {
             .map_err(|e| status_of(e.into()))?
             .ok_or_else(|| Status::not_found(format!("no model version {version}")))?;
         tracing::info!(site, version, bytes = m.size, "model download");
-        Ok(Response::new(stream_blob(self.fed.blobs.path(&m.sha256))))
+        let permit = self
+            .transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        Ok(Response::new(stream_blob(
+            self.fed.blobs.path(&m.sha256),
+            Some(permit),
+        )))
     }
 
     async fn upload_update(
@@ -142,6 +154,12 @@ impl Site for SiteService {
         req: Request<Streaming<pb::UploadPart>>,
     ) -> Result<Response<pb::UploadReply>, Status> {
         let site = peer(&req, Role::Site)?.name;
+        let _permit = self
+            .transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         let started = Instant::now();
         let mut stream = req.into_inner();
         let header = match stream.next().await {
@@ -215,13 +233,18 @@ impl Site for SiteService {
     }
 }
 
-fn stream_blob(path: std::path::PathBuf) -> BoxStream<pb::Chunk> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+fn stream_blob(
+    path: std::path::PathBuf,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> BoxStream<pb::Chunk> {
+    // Two chunks queued per download: memory per site stays a few MiB.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let err_tx = tx.clone();
         if let Err(e) = send_file(&path, tx, |data| pb::Chunk { data }).await {
             let _ = err_tx.send(Err(Status::internal(e.to_string()))).await;
         }
+        drop(permit);
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
@@ -321,7 +344,7 @@ impl Admin for AdminService {
             .store
             .audit(&admin, "model export", &m.id)
             .map_err(|e| status_of(e.into()))?;
-        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.sha256)));
+        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.sha256), None));
         if let Ok(v) = m.sha256.parse() {
             reply.metadata_mut().insert("x-sha256", v);
         }

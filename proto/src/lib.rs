@@ -19,5 +19,12 @@ pub const CHUNK_BYTES: usize = 2 << 20;
 /// Message size limit set on both ends: a chunk plus framing, with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
-/// HTTP/2 flow-control windows; the default 64 KiB windows throttle model transfer several-fold.
+/// HTTP/2 flow-control windows of clients (what a site may have in flight towards it); the
+/// default 64 KiB windows throttle model transfer several-fold.
 pub const WINDOW_BYTES: u32 = 32 << 20;
+
+/// The coordinator's receive windows: what each connected site may have buffered in the
+/// coordinator at once. Small enough that memory stays flat as sites grow, still far above
+/// the bandwidth-delay product of a hospital's uplink.
+pub const SERVER_STREAM_WINDOW_BYTES: u32 = 4 << 20;
+pub const SERVER_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;

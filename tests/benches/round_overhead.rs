@@ -37,6 +37,15 @@ fn model_bytes(params: usize) -> Vec<u8> {
     safetensors_bytes(&refs)
 }
 
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    f.get(11).zip(f.get(12)).map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -148,6 +157,7 @@ fn main() {
         let plan = format!(
             "name = \"bench\"\nmodel = \"paper\"\n[[stage]]\nname = \"init\"\nkind = \"train\"\nsites = [\"site00\"]\n\n[[stage]]\nname = \"fed\"\nkind = \"fedavg\"\nfrom = \"init\"\nsites = {names:?}\nrounds = {ROUNDS}\n"
         );
+        let cpu_before = cpu_seconds(pid);
         let job = fed.submit(&plan);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -170,6 +180,7 @@ fn main() {
         let status = fed.wait_job(&job, Duration::from_secs(1800));
         assert_eq!(status.job.state, JobState::Done, "{}", status.render());
         let rss = peak_rss_mib(pid);
+        let cpu = cpu_seconds(pid) - cpu_before;
         for r in &status.stages[1].rounds {
             let slowest_training = r.tasks.iter().map(|t| t.work_s).fold(0.0, f64::max);
             let uploads: Vec<f64> = r
@@ -188,6 +199,9 @@ fn main() {
                 uploads.iter().copied().fold(0.0, f64::max),
             );
         }
-        println!("{n:>2} sites: coordinator peak RSS {rss:.0} MiB");
+        println!(
+            "{n:>2} sites: coordinator peak RSS {rss:.0} MiB; coordinator CPU {:.1} s per round (the sites share the same 2 cores)",
+            cpu / f64::from(ROUNDS + 1)
+        );
     }
 }
