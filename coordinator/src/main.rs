@@ -70,25 +70,22 @@ enum PkiCommand {
         hosts: Vec<String>,
     },
     /// Issue a site certificate: a bundle folder to hand to the hospital.
-    IssueSite {
-        name: String,
-        #[arg(long, default_value = "pki")]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        #[arg(long, default_value = "https://localhost:7443")]
-        endpoint: String,
-    },
+    IssueSite(IssueArgs),
     /// Issue an admin certificate (and an admin.toml for the job commands).
-    IssueAdmin {
-        name: String,
-        #[arg(long, default_value = "pki")]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
-        #[arg(long, default_value = "https://localhost:7443")]
-        endpoint: String,
-    },
+    IssueAdmin(IssueArgs),
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    name: String,
+    #[arg(long, default_value = "pki")]
+    dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+    /// The coordinator's address, written into the bundle's config snippet.
+    #[arg(long, default_value = "https://localhost:7443")]
+    endpoint: String,
 }
 
 #[derive(Subcommand)]
@@ -129,7 +126,14 @@ fn main() {
     std::process::exit(code);
 }
 
-fn issue(dir: PathBuf, role: Role, name: &str, days: i64, endpoint: &str) -> Result<i32> {
+fn issue(role: Role, args: IssueArgs) -> Result<i32> {
+    let IssueArgs {
+        name,
+        dir,
+        days,
+        endpoint,
+    } = args;
+    let name = name.as_str();
     let layout = PkiLayout::new(dir);
     let now = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
     let b = pki::issue(&layout, role, name, now, days)?;
@@ -185,18 +189,8 @@ fn run() -> Result<i32> {
                 );
                 Ok(0)
             }
-            PkiCommand::IssueSite {
-                name,
-                dir,
-                days,
-                endpoint,
-            } => issue(dir, Role::Site, &name, days, &endpoint),
-            PkiCommand::IssueAdmin {
-                name,
-                dir,
-                days,
-                endpoint,
-            } => issue(dir, Role::Admin, &name, days, &endpoint),
+            PkiCommand::IssueSite(args) => issue(Role::Site, args),
+            PkiCommand::IssueAdmin(args) => issue(Role::Admin, args),
         },
         Command::Job { command } => rt.block_on(async {
             match command {
