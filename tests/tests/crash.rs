@@ -32,7 +32,7 @@ fn final_model(fed: &Fed, job: &str) -> Vec<String> {
 fn a_site_killed_mid_round_does_not_stall_a_quorum_round() {
     let mut fed = Fed::new(&SITES, 5, FAST);
     fed.start_all();
-    let job = fed.submit(&plan(2, 1, 3, 600));
+    let job = fed.submit(&plan(2, 1, 8, 600));
     // Kill vh once it is working on its task.
     fed.wait_until(&job, Duration::from_secs(120), |s| {
         s.sites
@@ -63,7 +63,7 @@ fn a_site_killed_mid_round_does_not_stall_a_quorum_round() {
 fn without_quorum_the_stage_fails_at_its_deadline_with_the_reason() {
     let mut fed = Fed::new(&SITES, 5, FAST);
     fed.start_all();
-    let job = fed.submit(&plan(3, 1, 3, 20));
+    let job = fed.submit(&plan(3, 1, 8, 60));
     fed.wait_until(&job, Duration::from_secs(120), |s| {
         s.sites
             .get("vh")
