@@ -28,19 +28,24 @@ fn final_model(fed: &Fed, job: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_site_killed_mid_round_does_not_stall_a_quorum_round() {
-    let mut fed = Fed::new(&SITES, 5, FAST);
-    fed.start_all();
-    let job = fed.submit(&plan(2, 1, 8, 600));
-    // Kill vh once it is working on its task.
-    fed.wait_until(&job, Duration::from_secs(120), |s| {
+/// SIGKILLs the vh agent once its heartbeats say it is training.
+fn kill_vh_mid_training(fed: &mut Fed, job: &str) {
+    fed.wait_until(job, Duration::from_secs(120), |s| {
         s.sites
             .get("vh")
             .and_then(|v| v["state"].as_str())
             .is_some_and(|st| st == "training")
     });
     fed.kill_agent("vh");
+}
+
+#[test]
+fn a_site_killed_mid_round_does_not_stall_a_quorum_round() {
+    let mut fed = Fed::new(&SITES, 5, FAST);
+    fed.start_all();
+    let job = fed.submit(&plan(2, 1, 8, 600));
+    // Kill vh once it is working on its task.
+    kill_vh_mid_training(&mut fed, &job);
     let status = fed.wait_job(&job, Duration::from_secs(300));
     assert_eq!(
         status.job.state,
@@ -64,13 +69,7 @@ fn without_quorum_the_stage_fails_at_its_deadline_with_the_reason() {
     let mut fed = Fed::new(&SITES, 5, FAST);
     fed.start_all();
     let job = fed.submit(&plan(3, 1, 8, 60));
-    fed.wait_until(&job, Duration::from_secs(120), |s| {
-        s.sites
-            .get("vh")
-            .and_then(|v| v["state"].as_str())
-            .is_some_and(|st| st == "training")
-    });
-    fed.kill_agent("vh");
+    kill_vh_mid_training(&mut fed, &job);
     let status = fed.wait_job(&job, Duration::from_secs(120));
     assert_eq!(status.job.state, JobState::Failed, "{}", status.render());
     assert_eq!(status.stages[0].state, StageState::Failed);

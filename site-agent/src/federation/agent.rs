@@ -80,24 +80,13 @@ pub async fn run(config: SiteConfig) -> Result<(), AgentError> {
 
 fn describe(e: &AgentError) -> String {
     match e {
-        AgentError::Rpc(s) => format!(
-            "coordinator: {} ({:?}){}",
-            s.message(),
-            s.code(),
-            s.source_ref()
-                .map(|s| format!(": {}", error_chain(s)))
-                .unwrap_or_default()
-        ),
+        AgentError::Rpc(s) => {
+            let cause = std::error::Error::source(s)
+                .map(|c| format!(": {}", error_chain(c)))
+                .unwrap_or_default();
+            format!("coordinator: {} ({:?}){cause}", s.message(), s.code())
+        }
         other => other.to_string(),
-    }
-}
-
-trait SourceRef {
-    fn source_ref(&self) -> Option<&(dyn std::error::Error + 'static)>;
-}
-impl SourceRef for tonic::Status {
-    fn source_ref(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(self)
     }
 }
 
