@@ -110,3 +110,37 @@ impl CoordinatorConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's `coordinator.toml` example parses and validates, so it cannot drift.
+    #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("`coordinator.toml`:\n\n```toml\n")
+            .expect("README has the coordinator.toml example");
+        let body = &readme[start..];
+        let body = &body[body.find("```toml\n").unwrap_or(0) + 8..];
+        let text = &body[..body.find("```").expect("closing fence")];
+        let cfg: CoordinatorConfig = toml::from_str(text).expect("README example parses");
+        cfg.validate().expect("README example validates");
+        assert_eq!(cfg.max_concurrent_transfers, 4);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cfg = CoordinatorConfig {
+            revoked: vec!["abc".into()],
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().contains("abc"));
+        let cfg = CoordinatorConfig {
+            heartbeat_s: 60,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().contains("heartbeat_s"));
+    }
+}
