@@ -491,19 +491,21 @@ impl Federation {
         local: bool,
     ) -> Result<Option<Schema>, EngineError> {
         if !local && let Some(init) = &round.init {
-            let m = self.model_ref(init)?;
-            let header = fedseg_proto::safetensors::read_header(&self.blobs.path(&m.sha256))
-                .map_err(|e| EngineError::Io(e.to_string()))?;
-            return Ok(Some(schema_of(&header)));
+            return self.version_schema(init).map(Some);
         }
-        for t in round.tasks.values() {
-            if let Some(u) = &t.update {
-                let header = fedseg_proto::safetensors::read_header(&self.blobs.path(&u.sha256))
-                    .map_err(|e| EngineError::Io(e.to_string()))?;
-                return Ok(Some(schema_of(&header)));
-            }
-        }
-        Ok(None)
+        let first = round.tasks.values().find_map(|t| t.update.as_ref());
+        first.map(|u| self.blob_schema(&u.sha256)).transpose()
+    }
+
+    /// Tensor names and shapes of a stored blob, from its header alone.
+    fn blob_schema(&self, sha256: &str) -> Result<Schema, EngineError> {
+        let header = fedseg_proto::safetensors::read_header(&self.blobs.path(sha256))
+            .map_err(|e| EngineError::Io(e.to_string()))?;
+        Ok(schema_of(&header))
+    }
+
+    fn version_schema(&self, version: &str) -> Result<Schema, EngineError> {
+        self.blob_schema(&self.model_ref(version)?.sha256)
     }
 
     /// Called when an upload's header arrives: is this update wanted at all?
@@ -580,11 +582,7 @@ impl Federation {
         }
         if local && let Some(init) = &round.init {
             // FedBN: the shared part must still be a subset of the starting model.
-            let m = self.model_ref(init)?;
-            let full = schema_of(
-                &fedseg_proto::safetensors::read_header(&self.blobs.path(&m.sha256))
-                    .map_err(|e| EngineError::Io(e.to_string()))?,
-            );
+            let full = self.version_schema(init)?;
             let bad: Vec<String> = schema_of(&header_ok)
                 .into_iter()
                 .filter(|(n, s)| full.get(n) != Some(s))
