@@ -26,7 +26,10 @@ pub fn load_endpoint(path: &Path) -> Result<FederationEndpoint> {
 }
 
 pub async fn connect(path: &Path) -> Result<AdminClient<Channel>> {
-    let ep = load_endpoint(path)?;
+    connect_to(&load_endpoint(path)?).await
+}
+
+pub async fn connect_to(ep: &FederationEndpoint) -> Result<AdminClient<Channel>> {
     let ch = ep.channel().await?;
     Ok(AdminClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -42,16 +45,27 @@ pub async fn submit(admin: &Path, plan: &Path) -> Result<String> {
         std::fs::read_to_string(plan).with_context(|| format!("reading {}", plan.display()))?;
     // Check locally first: a plan error is then reported against the file.
     crate::plan::Plan::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", plan.display()))?;
-    let mut c = connect(admin).await?;
+    submit_text(&mut connect(admin).await?, text).await
+}
+
+pub async fn submit_text(c: &mut AdminClient<Channel>, plan_toml: String) -> Result<String> {
     let r = c
-        .submit_plan(pb::SubmitRequest { plan_toml: text })
+        .submit_plan(pb::SubmitRequest { plan_toml })
         .await
         .map_err(status)?;
     Ok(r.into_inner().job_id)
 }
 
 pub async fn json_call(admin: &Path, what: &str, job: Option<String>) -> Result<String> {
-    let mut c = connect(admin).await?;
+    json_request(&mut connect(admin).await?, what, job).await
+}
+
+/// One of the admin calls that answer a JSON document: status, results, cancel, jobs, sites.
+pub async fn json_request(
+    c: &mut AdminClient<Channel>,
+    what: &str,
+    job: Option<String>,
+) -> Result<String> {
     let req = || pb::JobRequest {
         job_id: job.clone().unwrap_or_default(),
     };

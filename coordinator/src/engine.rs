@@ -388,11 +388,11 @@ impl Federation {
             StageKind::Stats => pb::task::Work::Stats(pb::StatsSpec {}),
             StageKind::Evaluate => {
                 let mut models = Vec::new();
-                for m in &stage.models {
+                for (_, m) in stage.models_at(site, &job.plan.stages) {
                     let version = job
                         .stages
                         .iter()
-                        .find(|s| &s.name == m)
+                        .find(|s| s.name == m)
                         .and_then(|s| s.output.clone())
                         .ok_or_else(|| EngineError::NotFound(format!("stage {m} has no model")))?;
                     models.push(self.model_ref(&version)?);
@@ -639,11 +639,17 @@ impl Federation {
             .job(&id.job)?
             .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
         let kind = job.plan.stages.get(id.stage).map(|s| s.kind);
-        let stage_models = job
+        // Stage name → the `models` entry it answers (a `{site}` template keeps one column).
+        let stage_models: BTreeMap<String, String> = job
             .plan
             .stages
             .get(id.stage)
-            .map(|s| s.models.clone())
+            .map(|s| {
+                s.models_at(site, &job.plan.stages)
+                    .into_iter()
+                    .map(|(entry, name)| (name, entry.to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         let outputs: BTreeMap<String, String> = job
             .stages
@@ -670,17 +676,19 @@ impl Federation {
                 }
             }
             (Some(pb::report_request::Report::Evaluation(e)), Some(StageKind::Evaluate)) => {
-                let expected: Vec<&String> = stage_models.iter().collect();
-                if e.models.len() != expected.len() {
+                if e.models.len() != stage_models.len() {
                     return Err(EngineError::Rejected(format!(
                         "evaluation: {} models reported, {} expected",
                         e.models.len(),
-                        expected.len()
+                        stage_models.len()
                     )));
                 }
                 let mut rows = Vec::new();
                 for m in &e.models {
-                    let Some(model) = outputs.get(&m.version) else {
+                    let Some(model) = outputs
+                        .get(&m.version)
+                        .and_then(|stage| stage_models.get(stage))
+                    else {
                         return Err(EngineError::Rejected(format!(
                             "evaluation: model {} was not asked for",
                             m.version

@@ -12,6 +12,7 @@ pub mod records;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod simulate;
 pub mod store;
 pub mod strategy;
 pub mod tensors;

@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use fedseg_coordinator::config::CoordinatorConfig;
 use fedseg_coordinator::pki::{self, PkiLayout, Role};
+use fedseg_coordinator::records::JobState;
 use fedseg_coordinator::report::{JobStatus, Results};
-use fedseg_coordinator::{admin, server};
+use fedseg_coordinator::{admin, server, simulate};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,37 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// A whole federation on this machine: synthetic centers, PKI, this coordinator on
+    /// loopback and one site-agent process per site; runs a plan and prints its results.
+    Simulate {
+        /// Folder for data, PKI, coordinator state, logs and results (kept between runs).
+        #[arg(long, default_value = "work/simulate")]
+        workdir: PathBuf,
+        /// Job plan; default: the built-in Table 5 plan (plans/simulate.toml).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// U-Net size, overriding the plan's: tiny (tests, CI), cpu, paper (GPU).
+        #[arg(long, value_parser = ["tiny", "cpu", "paper"])]
+        model: Option<String>,
+        /// Subjects per synthetic center (only when the data is first made).
+        #[arg(long, default_value_t = 12)]
+        subjects: usize,
+        /// Epochs of every training stage, overriding the plan.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Rounds of every federated stage, overriding the plan.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// The job's seed, overriding the plan's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The site-agent binary; default: beside this one, else on PATH.
+        #[arg(long)]
+        site_agent: Option<PathBuf>,
+        /// Progress on stderr, and one JSON document (job, results, files) on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -247,6 +279,61 @@ fn run() -> Result<i32> {
             }
             Ok(0)
         }),
+        Command::Simulate {
+            workdir,
+            plan,
+            model,
+            subjects,
+            epochs,
+            rounds,
+            seed,
+            site_agent,
+            json,
+        } => {
+            std::fs::create_dir_all(workdir.join("logs"))?;
+            init_file_logging(&workdir.join("logs").join("coordinator.log"))?;
+            let opts = simulate::Options {
+                workdir,
+                plan,
+                model,
+                subjects,
+                epochs,
+                rounds,
+                seed,
+                site_agent,
+                json,
+            };
+            let outcome = rt.block_on(simulate::run(opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                println!(
+                    "\njob {} ({}) {:?} after {:.0} s{}\n",
+                    outcome.job.id,
+                    outcome.job.name,
+                    outcome.job.state,
+                    outcome.seconds,
+                    outcome
+                        .job
+                        .reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                println!("LV Dice per test center (mean ± SD over its test subjects):\n");
+                print!("{}", outcome.results.by_center());
+                println!();
+                for f in &outcome.files {
+                    println!("  {}", f.display());
+                }
+                println!("  logs: {}", outcome.logs.display());
+            }
+            Ok(if outcome.job.state == JobState::Done {
+                0
+            } else {
+                1
+            })
+        }
         Command::Model {
             command: ModelCommand::Export { version, out },
         } => rt.block_on(async {
@@ -258,6 +345,20 @@ fn run() -> Result<i32> {
             Ok(0)
         }),
     }
+}
+
+/// The simulation's terminal is for progress; the coordinator's own log goes to a file.
+fn init_file_logging(path: &std::path::Path) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
 }
 
 fn init_logging() {

@@ -122,7 +122,9 @@ pub struct Stage {
     /// Fraction of the site's training subjects to use.
     #[serde(default = "d_fraction")]
     pub train_fraction: f64,
-    /// Models to evaluate: names of earlier model-producing stages.
+    /// Models to evaluate: names of earlier model-producing stages. A name with `{site}` is
+    /// a per-site template ("ft-{site}": each site evaluates the model fine-tuned for it);
+    /// sites without such a stage skip it.
     #[serde(default)]
     pub models: Vec<String>,
     /// Histogram matching at evaluation: "STATS_STAGE" or "STATS_STAGE:SITE".
@@ -132,6 +134,9 @@ pub struct Stage {
     #[serde(default)]
     pub seed: u64,
 }
+
+/// Stands for the evaluating site in an evaluate stage's `models`.
+pub const SITE_TEMPLATE: &str = "{site}";
 
 fn one() -> u32 {
     1
@@ -196,6 +201,15 @@ impl Stage {
         } else {
             1
         }
+    }
+    /// The models `site` evaluates, as (entry of `models`, stage name): templates resolved
+    /// to the site, entries naming no stage of `stages` left out.
+    pub fn models_at<'a>(&'a self, site: &str, stages: &[Stage]) -> Vec<(&'a str, String)> {
+        self.models
+            .iter()
+            .map(|m| (m.as_str(), m.replace(SITE_TEMPLATE, site)))
+            .filter(|(_, name)| stages.iter().any(|s| &s.name == name))
+            .collect()
     }
     /// (stats stage, site) of `hist_ref`.
     pub fn hist_ref_parts(&self) -> Option<(&str, Option<&str>)> {
@@ -298,13 +312,24 @@ impl Plan {
                         return Err(format!("{at}: evaluate needs `models`"));
                     }
                     for m in &s.models {
-                        match earlier(m) {
-                            Some(e) if e.produces_model() => {}
-                            _ => {
-                                return Err(format!(
-                                    "{at}: model {m:?} is not an earlier train/fedavg/finetune stage"
-                                ));
-                            }
+                        let candidates: Vec<String> = if m.contains(SITE_TEMPLATE) {
+                            s.sites
+                                .iter()
+                                .map(|x| m.replace(SITE_TEMPLATE, x))
+                                .collect()
+                        } else {
+                            vec![m.clone()]
+                        };
+                        let found: Vec<_> = candidates.iter().filter_map(|c| earlier(c)).collect();
+                        if found.is_empty() || found.iter().any(|e| !e.produces_model()) {
+                            return Err(format!(
+                                "{at}: model {m:?} is not an earlier train/fedavg/finetune stage{}",
+                                if m.contains(SITE_TEMPLATE) {
+                                    " for any of its sites"
+                                } else {
+                                    ""
+                                }
+                            ));
                         }
                     }
                 }
@@ -398,6 +423,20 @@ models = ["a"]
     }
 
     #[test]
+    fn a_site_template_resolves_per_site() {
+        let text = OK
+            .replace("name = \"a\"", "name = \"ft-y\"")
+            .replace("models = [\"a\"]", "models = [\"ft-{site}\"]");
+        let p = Plan::parse(&text).expect("parse");
+        let eval = &p.stages[1];
+        assert!(eval.models_at("x", &p.stages).is_empty());
+        assert_eq!(
+            eval.models_at("y", &p.stages),
+            vec![("ft-{site}", "ft-y".to_string())]
+        );
+    }
+
+    #[test]
     fn bad_plans_say_what_is_wrong() {
         let cases = [
             (
@@ -427,6 +466,10 @@ models = ["a"]
             (
                 OK.replace("kind = \"train\"", "kind = \"finetune\""),
                 "needs `from`",
+            ),
+            (
+                OK.replace("models = [\"a\"]", "models = [\"ft-{site}\"]"),
+                "for any of its sites",
             ),
         ];
         for (text, expect) in cases {

@@ -69,6 +69,9 @@ pub struct StageStatus {
     pub state: StageState,
     pub reason: Option<String>,
     pub output: Option<String>,
+    /// Rounds the plan asks for (fedavg), so a reader can say "round 2/5".
+    #[serde(default)]
+    pub planned_rounds: u32,
     pub rounds: Vec<RoundStatus>,
 }
 
@@ -86,8 +89,10 @@ impl JobStatus {
         let stages = job
             .stages
             .iter()
-            .map(|s| StageStatus {
+            .zip(&job.plan.stages)
+            .map(|(s, plan)| StageStatus {
                 name: s.name.clone(),
+                planned_rounds: plan.rounds(),
                 kind: format!("{:?}", s.kind).to_lowercase(),
                 state: s.state,
                 reason: s.reason.clone(),
@@ -210,8 +215,10 @@ impl JobStatus {
 }
 
 /// Dice mean ± SD over subjects.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
+    /// The model version evaluated (differs per site for a `{site}` template).
+    pub version: String,
     pub n: usize,
     pub lv_mean: f64,
     pub lv_sd: f64,
@@ -223,7 +230,6 @@ pub struct Cell {
 pub struct ResultRow {
     pub stage: String,
     pub model: String,
-    pub version: String,
     pub cells: BTreeMap<String, Cell>,
 }
 
@@ -272,7 +278,6 @@ impl Results {
                     .or_insert_with(|| ResultRow {
                         stage: stage.name.clone(),
                         model: e.model.clone(),
-                        version: e.version.clone(),
                         cells: BTreeMap::new(),
                     });
                 let lv: Vec<f64> = e.subjects.iter().map(|s| s.lv).collect();
@@ -282,6 +287,7 @@ impl Results {
                 row.cells.insert(
                     e.site.clone(),
                     Cell {
+                        version: e.version.clone(),
                         n: lv.len(),
                         lv_mean,
                         lv_sd,
@@ -323,6 +329,68 @@ impl Results {
         s
     }
 
+    /// Column headings for the per-center view: the model, or "stage/model" where one
+    /// model appears in more than one evaluate stage (e.g. with and without histogram
+    /// matching).
+    fn column_labels(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .map(|r| {
+                // "tl-{site}" is one column of per-center models: call it "tl".
+                let model = r
+                    .model
+                    .replace(crate::plan::SITE_TEMPLATE, "")
+                    .trim_matches(['-', '_', '.'])
+                    .to_string();
+                if self.rows.iter().filter(|o| o.model == r.model).count() > 1 {
+                    format!("{}/{model}", r.stage)
+                } else {
+                    model
+                }
+            })
+            .collect()
+    }
+
+    /// The paper's Table 5 orientation: one row per test center, one column per model,
+    /// LV Dice mean ± SD ("-" where a model was not evaluated at that center).
+    pub fn by_center(&self) -> String {
+        let labels = self.column_labels();
+        let width = labels.iter().map(|l| l.len()).max().unwrap_or(0).max(13);
+        let mut s = format!("{:<12}", "test center");
+        for l in &labels {
+            let _ = write!(s, " {l:>width$}");
+        }
+        s.push('\n');
+        for site in &self.sites {
+            let _ = write!(s, "{site:<12}");
+            for row in &self.rows {
+                let _ = write!(s, " {:>width$}", self.cell(row, site));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn by_center_markdown(&self) -> String {
+        let mut s = String::from("| test center |");
+        for l in self.column_labels() {
+            let _ = write!(s, " {l} |");
+        }
+        s.push_str("\n|---|");
+        for _ in &self.rows {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for site in &self.sites {
+            let _ = write!(s, "| {site} |");
+            for row in &self.rows {
+                let _ = write!(s, " {} |", self.cell(row, site));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::from("| model |");
         for site in &self.sites {
@@ -354,7 +422,7 @@ impl Results {
                     "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
                     row.stage,
                     row.model,
-                    row.version,
+                    c.version,
                     site,
                     c.n,
                     c.lv_mean,

@@ -17,10 +17,22 @@ pub async fn serve(
     config: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let tls = crate::tls::server_config(&PkiLayout::new(&config.pki_dir), &config.revoked)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+    // Scripts wait for this line to know the port (useful with port 0).
+    println!("listening on {}", listener.local_addr()?);
+    serve_on(config, listener, shutdown).await
+}
+
+/// `serve` on a listener the caller bound (the simulation binds port 0 and hands the port to
+/// its agents).
+pub async fn serve_on(
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = crate::tls::server_config(&PkiLayout::new(&config.pki_dir), &config.revoked)?;
     let addr = listener.local_addr()?;
     let fed = Federation::open(config)?;
     let ticker = {
@@ -35,8 +47,6 @@ pub async fn serve(
         })
     };
     tracing::info!(%addr, "coordinator listening (mutual TLS)");
-    // Scripts wait for this line to know the port (useful with port 0).
-    println!("listening on {addr}");
     let transfers = Arc::new(tokio::sync::Semaphore::new(
         fed.config.max_concurrent_transfers,
     ));

@@ -40,14 +40,31 @@ impl TrainableSet {
             let blocks = |max: usize, what: &str| -> Result<(usize, usize), String> {
                 let r =
                     range.ok_or_else(|| format!("{item}: give a block range, e.g. {what}:0-2"))?;
-                let (a, b) = match r.split_once('-') {
+                let (a, b) = match r.split_once('-').filter(|(a, _)| *a != "last") {
                     Some((a, b)) => (a, b),
                     None => (r, r),
                 };
+                // `last` and `last-K` count from the model's deepest block, so one plan
+                // ("enc:0-last-1": all but the bottleneck) fits every model size.
                 let parse = |s: &str| {
-                    s.trim()
-                        .parse::<usize>()
-                        .map_err(|_| format!("{item}: {s:?} is not a block index"))
+                    let s = s.trim();
+                    let bad = || format!("{item}: {s:?} is not a block index");
+                    match s.strip_prefix("last") {
+                        Some("") => Ok(max.saturating_sub(1)),
+                        Some(k) => {
+                            let k: usize = k
+                                .strip_prefix('-')
+                                .and_then(|k| k.parse().ok())
+                                .ok_or_else(bad)?;
+                            (max.saturating_sub(1)).checked_sub(k).ok_or_else(|| {
+                                format!(
+                                    "{item}: the model has {what} blocks 0..={}",
+                                    max.saturating_sub(1)
+                                )
+                            })
+                        }
+                        None => s.parse::<usize>().map_err(|_| bad()),
+                    }
                 };
                 let (a, b) = (parse(a)?, parse(b)?);
                 if a > b || b >= max {
@@ -106,5 +123,24 @@ impl TrainableSet {
 impl fmt::Display for TrainableSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_counts_from_the_deepest_block() {
+        // 5 levels: encoder blocks 0..=4, decoder blocks 0..=3.
+        let s = TrainableSet::parse("enc:0-last-1,dec:last", 5).expect("parse");
+        assert!(s.contains("enc.3.conv1.weight"));
+        assert!(!s.contains("enc.4.conv1.weight"));
+        assert!(s.contains("dec.3.up.weight"));
+        assert!(!s.contains("dec.2.up.weight"));
+        let e = TrainableSet::parse("enc:0-last-9", 5).expect_err("too far back");
+        assert!(e.contains("0..=4"), "{e}");
+        let e = TrainableSet::parse("enc:0-lastx", 5).expect_err("garbage");
+        assert!(e.contains("not a block index"), "{e}");
     }
 }
