@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use fedseg_coordinator::config::CoordinatorConfig;
 use fedseg_coordinator::pki::{self, PkiLayout, Role};
-use fedseg_coordinator::records::JobState;
+use fedseg_coordinator::report::files::write_report;
+use fedseg_coordinator::report::runs::Run;
 use fedseg_coordinator::report::{JobStatus, Results};
 use fedseg_coordinator::{admin, server, simulate};
 
@@ -56,6 +57,15 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// results.md, results.csv and PNG figures from jobs: each SOURCE is a job ID (asked of
+    /// the coordinator with the admin bundle) or a folder holding a job's status.json and
+    /// results.json (as `simulate` writes them). Jobs of one plan are repeats: mean ± SD.
+    Report {
+        #[arg(required = true)]
+        sources: Vec<String>,
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// A whole federation on this machine: synthetic centers, PKI, this coordinator on
     /// loopback and one site-agent process per site; runs a plan and prints its results.
     Simulate {
@@ -80,6 +90,9 @@ enum Command {
         /// The job's seed, overriding the plan's.
         #[arg(long)]
         seed: Option<u64>,
+        /// Runs of the plan (seeds seed, seed+1, …), overriding the plan's `repeats`.
+        #[arg(long)]
+        repeats: Option<u32>,
         /// The site-agent binary; default: beside this one, else on PATH.
         #[arg(long)]
         site_agent: Option<PathBuf>,
@@ -156,6 +169,30 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A job's status and results, from a results folder or from the coordinator.
+async fn load_run(admin_toml: &std::path::Path, source: &str) -> Result<Run> {
+    let folder = std::path::Path::new(source);
+    let (status, results) = if folder.is_dir() {
+        let read = |name: &str| {
+            let p = folder.join(name);
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        (read("status.json")?, read("results.json")?)
+    } else {
+        let mut c = admin::connect(admin_toml).await?;
+        let id = Some(source.to_string());
+        (
+            admin::json_request(&mut c, "status", id.clone()).await?,
+            admin::json_request(&mut c, "results", id).await?,
+        )
+    };
+    let status: JobStatus =
+        serde_json::from_str(&status).with_context(|| format!("{source}: status document"))?;
+    let results: Results =
+        serde_json::from_str(&results).with_context(|| format!("{source}: results document"))?;
+    Run::new(status, results).map_err(|e| anyhow::anyhow!(e))
 }
 
 fn issue(role: Role, args: IssueArgs) -> Result<i32> {
@@ -287,6 +324,7 @@ fn run() -> Result<i32> {
             epochs,
             rounds,
             seed,
+            repeats,
             site_agent,
             json,
         } => {
@@ -300,6 +338,7 @@ fn run() -> Result<i32> {
                 epochs,
                 rounds,
                 seed,
+                repeats,
                 site_agent,
                 json,
             };
@@ -307,33 +346,55 @@ fn run() -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
+                println!();
+                for j in &outcome.jobs {
+                    println!(
+                        "job {} ({}) {:?}{}",
+                        j.id,
+                        j.name,
+                        j.state,
+                        j.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                }
                 println!(
-                    "\njob {} ({}) {:?} after {:.0} s{}\n",
-                    outcome.job.id,
-                    outcome.job.name,
-                    outcome.job.state,
-                    outcome.seconds,
-                    outcome
-                        .job
-                        .reason
-                        .as_ref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
+                    "\nLV Dice per test center, {} ({:.0} s):\n",
+                    outcome.experiment.spread(),
+                    outcome.seconds
                 );
-                println!("LV Dice per test center (mean ± SD over its test subjects):\n");
-                print!("{}", outcome.results.by_center());
+                print!("{}", outcome.experiment.render());
                 println!();
                 for f in &outcome.files {
                     println!("  {}", f.display());
                 }
                 println!("  logs: {}", outcome.logs.display());
             }
-            Ok(if outcome.job.state == JobState::Done {
-                0
-            } else {
-                1
-            })
+            Ok(if outcome.succeeded() { 0 } else { 1 })
         }
+        Command::Report { sources, out } => rt.block_on(async {
+            let mut runs = Vec::new();
+            for src in &sources {
+                runs.push(load_run(&admin, src).await?);
+            }
+            let (experiments, files) = write_report(runs, &out)
+                .with_context(|| format!("writing the report into {}", out.display()))?;
+            for e in &experiments {
+                println!(
+                    "{} — jobs {}, LV Dice {}:\n",
+                    e.plan,
+                    e.jobs.join(", "),
+                    e.spread()
+                );
+                print!("{}", e.render());
+                println!();
+            }
+            for f in &files {
+                println!("  {}", f.display());
+            }
+            Ok(0)
+        }),
         Command::Model {
             command: ModelCommand::Export { version, out },
         } => rt.block_on(async {

@@ -172,10 +172,46 @@ pub struct Plan {
     /// U-Net preset every site builds: tiny | cpu | paper.
     #[serde(default = "d_model")]
     pub model: String,
+    /// How many times `coordinator simulate` runs the job (seeds seed, seed+1, …) so that
+    /// `coordinator report` can give mean ± SD over runs. A coordinator runs one job per
+    /// submission whatever this says.
+    #[serde(default = "one")]
+    pub repeats: u32,
     #[serde(default)]
     pub defaults: Defaults,
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
+    /// Plots `coordinator report` draws from this plan's results.
+    #[serde(default, rename = "figure", skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<Figure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FigureKind {
+    /// LV Dice per test center, one bar per model (the paper's Figs. 6, 7, 9, 11).
+    Bars,
+    /// LV Dice against a swept setting, one line per test center (Figs. 8, 10).
+    Sweep,
+    /// Mean validation Dice of the sites per round of federated stages.
+    Rounds,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figure {
+    pub name: String,
+    pub kind: FigureKind,
+    #[serde(default)]
+    pub title: String,
+    /// Evaluated models as the results name them ("model" or "stage/model"; a `{site}`
+    /// template stays one entry); for `rounds`, fedavg stages.
+    pub models: Vec<String>,
+    /// Sweep: the axis label and one x value per model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xs: Vec<f64>,
 }
 
 fn d_seed() -> u64 {
@@ -254,6 +290,48 @@ impl Plan {
         self.stages.iter().enumerate().find(|(_, s)| s.name == name)
     }
 
+    fn validate_figures(&self) -> Result<(), String> {
+        for f in &self.figures {
+            let at = format!("figure {:?}", f.name);
+            if f.models.is_empty() {
+                return Err(format!("{at}: no models"));
+            }
+            for m in &f.models {
+                let known = match f.kind {
+                    FigureKind::Rounds => self
+                        .stages
+                        .iter()
+                        .any(|s| &s.name == m && s.kind == StageKind::Fedavg),
+                    FigureKind::Bars | FigureKind::Sweep => {
+                        let (stage, model) = match m.split_once('/') {
+                            Some((st, mo)) => (Some(st), mo),
+                            None => (None, m.as_str()),
+                        };
+                        self.stages.iter().any(|s| {
+                            s.kind == StageKind::Evaluate
+                                && stage.is_none_or(|st| st == s.name)
+                                && s.models.iter().any(|x| x == model)
+                        })
+                    }
+                };
+                if !known {
+                    return Err(format!(
+                        "{at}: {m:?} is not {}",
+                        if f.kind == FigureKind::Rounds {
+                            "a fedavg stage"
+                        } else {
+                            "a model of an evaluate stage"
+                        }
+                    ));
+                }
+            }
+            if f.kind == FigureKind::Sweep && f.xs.len() != f.models.len() {
+                return Err(format!("{at}: a sweep needs one x value per model"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !["tiny", "cpu", "paper"].contains(&self.model.as_str()) {
             return Err(format!("model {:?}: use tiny, cpu or paper", self.model));
@@ -261,6 +339,10 @@ impl Plan {
         if self.stages.is_empty() {
             return Err("the plan has no [[stage]]".into());
         }
+        if self.repeats == 0 {
+            return Err("repeats must be at least 1".into());
+        }
+        self.validate_figures()?;
         let mut seen = BTreeSet::new();
         for (i, s) in self.stages.iter().enumerate() {
             let at = format!("stage {} ({:?})", i + 1, s.name);
@@ -476,5 +558,34 @@ models = ["a"]
             let e = Plan::parse(&text).expect_err(expect);
             assert!(e.contains(expect), "{expect}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod shipped_plans {
+    use super::*;
+
+    /// Every plan in plans/ parses and names only sites the simulation can synthesise.
+    #[test]
+    fn every_example_plan_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("plans/") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let plan = Plan::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for s in plan.stages.iter().flat_map(|s| &s.sites) {
+                assert!(
+                    crate::simulate::KNOWN_SITES.contains(&s.as_str()),
+                    "{}: site {s}",
+                    path.display()
+                );
+            }
+            n += 1;
+        }
+        assert!(n >= 6, "found {n} plans");
     }
 }

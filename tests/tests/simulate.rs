@@ -3,6 +3,7 @@
 //! real processes, real TLS and real files. Then a second run in the same folder, which must
 //! reuse the data and PKI and add a second job beside the first.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use fedseg_tests::binaries;
@@ -38,89 +39,130 @@ fn simulate(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON document")
 }
 
+fn labels(doc: &serde_json::Value) -> Vec<String> {
+    doc["experiment"]["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["label"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn files(doc: &serde_json::Value) -> Vec<PathBuf> {
+    doc["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f.as_str().map(Into::into))
+        .collect()
+}
+
 #[test]
 fn the_default_plan_runs_end_to_end_and_prints_table_5() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("sim");
     let doc = simulate(&dir, &[]);
-    assert_eq!(doc["job"]["state"], "done", "{doc:#}");
-    let results = &doc["results"];
-    let sites: Vec<&str> = results["sites"]
-        .as_array()
-        .expect("sites")
-        .iter()
-        .filter_map(|s| s.as_str())
-        .collect();
-    assert_eq!(sites, ["emidec", "mscmr", "vh", "stpau"]);
-    let rows = results["rows"].as_array().expect("rows");
-    let models: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["stage"].as_str().unwrap_or(""),
-                r["model"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
+    let jobs = doc["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 1, "{doc:#}");
+    assert_eq!(jobs[0]["state"], "done", "{doc:#}");
+    let e = &doc["experiment"];
     assert_eq!(
-        models,
+        e["sites"],
+        serde_json::json!(["emidec", "mscmr", "vh", "stpau"])
+    );
+    assert_eq!(
+        labels(&doc),
         [
-            ("eval", "no-aug"),
-            ("eval", "spatial"),
-            ("eval", "spatial+int"),
-            ("hist-match", "spatial+int"),
-            ("target", "tl-{site}"),
-            ("target", "mc-{site}"),
+            "no-aug",
+            "spatial",
+            "eval/spatial+int",
+            "hist-match/spatial+int",
+            "tl",
+            "mc"
         ]
     );
-    for row in rows {
-        let cells = row["cells"].as_object().expect("cells");
-        let expected: &[&str] = if row["stage"] == "eval" {
+    for col in e["columns"].as_array().expect("columns") {
+        let cells = col["cells"].as_object().expect("cells");
+        let expected: &[&str] = if col["stage"] == "eval" {
             &["emidec", "mscmr", "vh", "stpau"]
         } else {
             &["mscmr", "vh", "stpau"]
         };
-        assert_eq!(cells.len(), expected.len(), "{row:#}");
+        assert_eq!(cells.len(), expected.len(), "{col:#}");
         for site in expected {
             let c = &cells[*site];
-            let dice = c["lv_mean"].as_f64().expect("lv_mean");
+            let dice = c["mean"].as_f64().expect("mean");
             assert!((0.0..=1.0).contains(&dice), "{site}: {c}");
+            // One run: the spread is over the center's test subjects.
             assert!(c["n"].as_u64().unwrap_or(0) >= 1, "{site}: {c}");
-            // A per-site template evaluates each center's own model.
-            if row["stage"] == "target" {
-                let version = c["version"].as_str().unwrap_or("");
-                assert!(version.contains(&format!("-{site}.")), "{site}: {version}");
-            }
         }
     }
-    let files: Vec<std::path::PathBuf> = doc["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .filter_map(|f| f.as_str().map(Into::into))
-        .collect();
-    assert_eq!(files.len(), 5);
+
+    let files = files(&doc);
+    let named = |end: &str| -> Vec<&PathBuf> {
+        files
+            .iter()
+            .filter(|f| f.to_string_lossy().ends_with(end))
+            .collect()
+    };
     for f in &files {
         assert!(
             f.metadata().map(|m| m.len() > 0).unwrap_or(false),
             "{f:?} is missing or empty"
         );
     }
-    let md = std::fs::read_to_string(&files[0]).expect("results.md");
-    assert!(md.contains("| test center | no-aug | spatial | eval/spatial+int | hist-match/spatial+int | tl | mc |"), "{md}");
+    // The job's own results: a `{site}` template evaluates each center's own model.
+    let job_results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(named("results.json")[0]).expect("read"))
+            .expect("results.json");
+    for row in job_results["rows"].as_array().expect("rows") {
+        if row["stage"] == "target" {
+            for (site, c) in row["cells"].as_object().expect("cells") {
+                let version = c["version"].as_str().unwrap_or("");
+                assert!(version.contains(&format!("-{site}.")), "{site}: {version}");
+            }
+        }
+    }
+    // The report: markdown in Table 5's orientation, the CSV, and the figures as PNG.
+    let md: Vec<String> = named("results.md")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("results.md"))
+        .collect();
+    assert_eq!(md.len(), 2, "the job's and the report's");
+    for m in &md {
+        assert!(
+            m.contains("| test center | no-aug | spatial | eval/spatial+int | hist-match/spatial+int | tl | mc |"),
+            "{m}"
+        );
+    }
+    let pngs = named(".png");
+    assert_eq!(pngs.len(), 2, "Dice bars and Dice per round: {files:?}");
+    for p in pngs {
+        let bytes = std::fs::read(p).expect("png");
+        assert!(bytes.starts_with(b"\x89PNG"), "{p:?}");
+    }
     for s in ["emidec", "mscmr", "vh", "stpau"] {
         let log = dir.join("logs").join(format!("{s}.log"));
         assert!(log.is_file(), "{log:?}");
     }
 
-    // Again in the same folder: data and PKI are reused, a new job runs, the first stays.
+    // Again in the same folder, twice over (two seeds): data and PKI are reused, new jobs
+    // run beside the first, and the report gives mean ± SD over the two runs.
     let ca_before = std::fs::read(dir.join("pki/ca.crt")).expect("ca");
-    let doc2 = simulate(&dir, &["--seed", "2"]);
-    assert_eq!(doc2["job"]["state"], "done", "{doc2:#}");
-    assert_ne!(doc2["job"]["id"], doc["job"]["id"]);
+    let doc2 = simulate(&dir, &["--seed", "5", "--repeats", "2"]);
+    let jobs2 = doc2["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs2.len(), 2, "{doc2:#}");
+    assert!(jobs2.iter().all(|j| j["state"] == "done"), "{doc2:#}");
+    assert!(!jobs2.iter().any(|j| j["id"] == jobs[0]["id"]));
     assert_eq!(
         std::fs::read(dir.join("pki/ca.crt")).expect("ca"),
         ca_before
     );
-    assert!(files[0].is_file(), "the first job's results stay");
+    assert_eq!(doc2["experiment"]["seeds"], serde_json::json!([5, 6]));
+    let cell = &doc2["experiment"]["columns"][0]["cells"]["emidec"];
+    assert_eq!(cell["n"], 2, "two runs behind each cell: {cell}");
+    assert!(
+        named("results.md")[0].is_file(),
+        "the first job's results stay"
+    );
 }

@@ -18,7 +18,11 @@ use crate::admin;
 use crate::config::CoordinatorConfig;
 use crate::plan::{Plan, StageKind};
 use crate::records::JobState;
+use crate::report::files::write_report;
+use crate::report::runs::{Experiment, Run};
 use crate::report::{JobStatus, JobSummary, Results};
+use fedseg_proto::pb::admin_client::AdminClient;
+use tonic::transport::Channel;
 pub use workdir::{KNOWN_SITES, Workdir};
 
 /// The plan the README's first command runs: the paper's Table 5 in one job.
@@ -32,6 +36,7 @@ pub struct Options {
     pub epochs: Option<u32>,
     pub rounds: Option<u32>,
     pub seed: Option<u64>,
+    pub repeats: Option<u32>,
     pub site_agent: Option<PathBuf>,
     /// Progress goes to stderr and one JSON document to stdout.
     pub json: bool,
@@ -39,16 +44,23 @@ pub struct Options {
 
 #[derive(Debug, Serialize)]
 pub struct Outcome {
-    pub job: JobSummary,
+    /// One job per repeat of the plan (fewer if one failed).
+    pub jobs: Vec<JobSummary>,
     pub seconds: f64,
-    pub results: Results,
+    /// LV Dice per model and test center over the jobs that completed.
+    pub experiment: Experiment,
     pub files: Vec<PathBuf>,
     pub logs: PathBuf,
 }
 
-/// The plan to run, with the command line's overrides applied. Returned as TOML so that
-/// what is submitted (and hashed) is exactly what `plan.toml` in the results shows.
-pub fn load_plan(opts: &Options) -> Result<(Plan, String)> {
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        !self.jobs.is_empty() && self.jobs.iter().all(|j| j.state == JobState::Done)
+    }
+}
+
+/// The plan to run, with the command line's overrides applied.
+pub fn load_plan(opts: &Options) -> Result<Plan> {
     let (text, origin) = match &opts.plan {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -63,6 +75,9 @@ pub fn load_plan(opts: &Options) -> Result<(Plan, String)> {
     if let Some(s) = opts.seed {
         plan.seed = s;
     }
+    if let Some(r) = opts.repeats {
+        plan.repeats = r;
+    }
     for s in &mut plan.stages {
         if let Some(e) = opts.epochs
             && s.produces_model()
@@ -76,8 +91,7 @@ pub fn load_plan(opts: &Options) -> Result<(Plan, String)> {
         }
     }
     let text = toml::to_string(&plan)?;
-    let plan = Plan::parse(&text).map_err(|e| anyhow::anyhow!("{origin} with overrides: {e}"))?;
-    Ok((plan, text))
+    Plan::parse(&text).map_err(|e| anyhow::anyhow!("{origin} with overrides: {e}"))
 }
 
 /// `site-agent` beside this binary (how cargo and the containers lay them out), else on PATH.
@@ -141,7 +155,7 @@ pub async fn run(opts: Options) -> Result<Outcome> {
             println!("{line}");
         }
     };
-    let (plan, plan_toml) = load_plan(&opts)?;
+    let plan = load_plan(&opts)?;
     let mut sites: Vec<String> = Vec::new();
     for s in plan.stages.iter().flat_map(|s| &s.sites) {
         if !sites.contains(s) {
@@ -221,7 +235,7 @@ pub async fn run(opts: Options) -> Result<Outcome> {
         dir.root.join("logs").display()
     ));
 
-    let result = follow(&opts, &dir, &endpoint, &plan_toml, &sites, &mut agents, say).await;
+    let result = follow(&opts, &dir, &endpoint, &plan, &sites, &mut agents, say).await;
     for a in &mut agents {
         let _ = a.child.kill().await;
     }
@@ -231,23 +245,23 @@ pub async fn run(opts: Options) -> Result<Outcome> {
         Ok(Err(e)) => tracing::warn!("coordinator task: {e}"),
         _ => {}
     }
-    let (job, results, files) = result?;
+    let (jobs, experiment, files) = result?;
     Ok(Outcome {
-        job,
+        jobs,
         seconds: started.elapsed().as_secs_f64(),
-        results,
+        experiment,
         files,
         logs: dir.root.join("logs"),
     })
 }
 
-type Followed = (JobSummary, Results, Vec<PathBuf>);
+type Followed = (Vec<JobSummary>, Experiment, Vec<PathBuf>);
 
 async fn follow(
     opts: &Options,
     dir: &Workdir,
     endpoint: &str,
-    plan_toml: &str,
+    plan: &Plan,
     sites: &[String],
     agents: &mut [Agent],
     say: impl Fn(&str),
@@ -298,15 +312,67 @@ async fn follow(
         started.elapsed().as_secs_f64()
     ));
 
-    let job = admin::submit_text(&mut admin, plan_toml.to_string()).await?;
-    say(&format!("job {job} submitted"));
+    let mut summaries = Vec::new();
+    let mut runs = Vec::new();
+    let mut files = Vec::new();
+    for k in 0..plan.repeats {
+        // Repeats differ only in their seed: the paper's "five runs of each model".
+        let mut p = plan.clone();
+        p.seed = plan.seed + u64::from(k);
+        p.repeats = 1;
+        let plan_toml = toml::to_string(&p)?;
+        let job = admin::submit_text(&mut admin, plan_toml.clone()).await?;
+        say(&format!(
+            "job {job} submitted (run {}/{}, seed {})",
+            k + 1,
+            plan.repeats,
+            p.seed
+        ));
+        let status = watch(&mut admin, &job, agents, started, &say).await?;
+        let doc = admin::json_request(&mut admin, "results", Some(job.clone())).await?;
+        let results: Results = serde_json::from_str(&doc).context("results document")?;
+        files.extend(write_results(dir, &status, &results, &plan_toml, opts)?);
+        let state = status.job.state;
+        summaries.push(status.job.clone());
+        if state != JobState::Done {
+            say(&format!(
+                "job {job} ended {state:?}{}",
+                status
+                    .job
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ));
+            break;
+        }
+        runs.push(Run::new(status, results).map_err(|e| anyhow::anyhow!(e))?);
+    }
+    let report_dir = dir.root.join("report").join(&plan.name);
+    let (mut experiments, report_files) = write_report(runs, &report_dir)
+        .with_context(|| format!("writing the report into {}", report_dir.display()))?;
+    files.extend(report_files);
+    let experiment = experiments
+        .pop()
+        .unwrap_or_else(|| Experiment::empty(&plan.name));
+    Ok((summaries, experiment, files))
+}
+
+/// Follows one job until it ends, printing a line whenever its progress changes.
+async fn watch(
+    admin: &mut AdminClient<Channel>,
+    job: &str,
+    agents: &mut [Agent],
+    started: Instant,
+    say: &impl Fn(&str),
+) -> Result<JobStatus> {
     let mut last_key = String::new();
-    let status = loop {
+    loop {
         check_agents(agents)?;
-        let doc = admin::json_request(&mut admin, "status", Some(job.clone())).await?;
+        let doc = admin::json_request(admin, "status", Some(job.to_string())).await?;
         let status: JobStatus = serde_json::from_str(&doc).context("status document")?;
         if status.job.state != JobState::Running {
-            break status;
+            return Ok(status);
         }
         if let Some((key, line)) = progress::describe(&status)
             && key != last_key
@@ -320,15 +386,11 @@ async fn follow(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => {
-                let _ = admin::json_request(&mut admin, "cancel", Some(job.clone())).await;
+                let _ = admin::json_request(admin, "cancel", Some(job.to_string())).await;
                 bail!("interrupted: job {job} cancelled");
             }
         }
-    };
-    let doc = admin::json_request(&mut admin, "results", Some(job.clone())).await?;
-    let results: Results = serde_json::from_str(&doc).context("results document")?;
-    let files = write_results(dir, &status, &results, plan_toml, opts)?;
-    Ok((status.job, results, files))
+    }
 }
 
 fn write_results(

@@ -244,10 +244,15 @@ impl Agent {
             },
             &id,
         );
+        let epochs = match &task.work {
+            Some(pb::task::Work::Train(spec)) => spec.epochs,
+            _ => 0,
+        };
         let result = tokio::task::spawn_blocking(move || {
             let on_epoch = move |e: &crate::train::EpochStats| {
                 let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
                 s.epoch = e.epoch as u32 + 1;
+                s.epochs = epochs;
                 s.loss = e.loss;
                 s.val_dice = e.val_dice as f32;
                 s.slices_per_s = e.slices_per_s;

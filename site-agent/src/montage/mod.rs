@@ -3,18 +3,15 @@
 //! the pairwise histogram distances. Built from the sites' configs through the normal loading
 //! path, so it shows what the model will see.
 
-mod canvas;
-pub mod font;
-
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use self::canvas::{Canvas, Rgb};
 use crate::data::labels::BACKGROUND;
 use crate::data::{DataError, PreparedSite, SiteConfig, prepare_site};
 use crate::histogram::{Histogram, REFERENCE_LEVELS, wasserstein};
 use crate::preprocess::Plane;
+use fedseg_plot::{Canvas, Rgb};
 
 const COLORS: [Rgb; 6] = [
     [230, 80, 60],

@@ -3,7 +3,7 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use super::font::glyph;
+use crate::font::glyph;
 
 pub type Rgb = [u8; 3];
 
@@ -65,6 +65,11 @@ impl Canvas {
                 }
             }
         }
+    }
+
+    /// RGB bytes, row by row.
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
     }
 
     pub fn save_png(&self, path: &Path) -> std::io::Result<()> {

@@ -1,6 +1,11 @@
 //! Documents the admin API returns (JSON) and their renderings for a terminal, markdown and
 //! CSV: job summaries, per-stage/round status with each site's timings, and the cross-site
-//! Dice table of a job's evaluate stages.
+//! Dice table of a job's evaluate stages. `runs` and `figures` turn several jobs of one plan
+//! (repeated seeds) into mean ± SD tables and PNG plots.
+
+pub mod figures;
+pub mod files;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -47,6 +52,9 @@ pub struct TaskStatus {
     pub download_s: f64,
     pub work_s: f64,
     pub upload_s: f64,
+    /// The site's best validation Dice in this round's local training.
+    #[serde(default)]
+    pub val_dice: Option<f32>,
     pub error: Option<String>,
 }
 
@@ -79,6 +87,9 @@ pub struct StageStatus {
 pub struct JobStatus {
     pub job: JobSummary,
     pub plan_hash: String,
+    /// The plan as submitted, so that a report can be made from this document alone.
+    #[serde(default)]
+    pub plan_toml: String,
     pub stages: Vec<StageStatus>,
     pub sites: BTreeMap<String, serde_json::Value>,
 }
@@ -117,6 +128,7 @@ impl JobStatus {
                                 download_s: t.download_s,
                                 work_s: t.work_s,
                                 upload_s: t.upload_s,
+                                val_dice: t.update.as_ref().map(|u| u.val_dice),
                                 error: t.error.clone(),
                             })
                             .collect(),
@@ -136,6 +148,7 @@ impl JobStatus {
         Self {
             job: JobSummary::of(job),
             plan_hash: job.plan_hash.clone(),
+            plan_toml: job.plan_toml.clone(),
             stages,
             sites,
         }
@@ -305,7 +318,7 @@ impl Results {
         }
     }
 
-    fn cell(&self, row: &ResultRow, site: &str) -> String {
+    pub fn cell(&self, row: &ResultRow, site: &str) -> String {
         row.cells
             .get(site)
             .map(|c| format!("{:.3} ± {:.3}", c.lv_mean, c.lv_sd))
@@ -332,7 +345,7 @@ impl Results {
     /// Column headings for the per-center view: the model, or "stage/model" where one
     /// model appears in more than one evaluate stage (e.g. with and without histogram
     /// matching).
-    fn column_labels(&self) -> Vec<String> {
+    pub fn column_labels(&self) -> Vec<String> {
         self.rows
             .iter()
             .map(|r| {
