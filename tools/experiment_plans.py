@@ -143,10 +143,12 @@ def exp4():
     t = header("exp4-multi-center", """
 Experiment 4 (paper §3.4, Figs. 9 and 11, Table 5 column 7): multi-center training.
 FedAvg over the Table 4 combinations of centers, each next to a pooled baseline trained
-centrally on the same centers' data in one place (`pooled-*` stages; only possible in
-simulation, where one agent can read every center's folder: see the `pooled` site below), to
-measure the price of federation. On real data the paper balanced the combinations (Table 4:
-EMIDEC 42/10, EMIDEC+MSCMR 21+21/5+5, ...); set `train_fraction` per stage to do the same.
+centrally on the same subjects in one place, to measure the price of federation. A site named
+`pool-A-B` exists only in simulation: `coordinator simulate` builds it from links to centers
+A and B's training and validation subjects (never their test subjects). The pooled model
+trains for rounds x epochs epochs, as many passes over the data as the federated one.
+On real data the paper balanced the combinations (Table 4: EMIDEC 42/10, EMIDEC+MSCMR
+21+21/5+5, ...); set `train_fraction` per stage to do the same.
 """, repeats=2, epochs=3)
     combos = {
         "e": ["emidec"],
@@ -155,14 +157,20 @@ EMIDEC 42/10, EMIDEC+MSCMR 21+21/5+5, ...); set `train_fraction` per stage to do
         "emv": ["emidec", "mscmr", "vh"],
         "all": ["emidec", "mscmr", "vh", "stpau"],
     }
+    rounds, epochs = 4, 2
     for name, sites in combos.items():
         if len(sites) == 1:
-            t += stage(f"fed-{name}", "train", sites)
+            t += stage(f"fed-{name}", "train", sites, epochs=rounds * epochs)
         else:
-            t += stage(f"fed-{name}", "fedavg", sites, rounds=4, epochs=2)
-    t += stage("eval", "evaluate", ALL, models=[f"fed-{n}" for n in combos])
+            t += stage(f"fed-{name}", "fedavg", sites, rounds=rounds, epochs=epochs)
+            t += stage(f"pooled-{name}", "train", ["pool-" + "-".join(sites)],
+                       epochs=rounds * epochs)
+    models = [f"fed-{n}" for n in combos] + [f"pooled-{n}" for n in combos if len(combos[n]) > 1]
+    t += stage("eval", "evaluate", ALL, models=models)
     t += figure("fig11", "bars", "Exp. 4: FedAvg over more centers (LV Dice per test center)",
                 [f"fed-{n}" for n in combos])
+    t += figure("price", "bars", "Exp. 4: FedAvg vs pooled over all four centers",
+                ["fed-all", "pooled-all"])
     t += figure("rounds", "rounds", "Exp. 4: validation Dice per round",
                 [f"fed-{n}" for n in combos if len(combos[n]) > 1])
     return t

@@ -40,11 +40,16 @@ fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator: {} ({:?})", e.message(), e.code())
 }
 
-pub async fn submit(admin: &Path, plan: &Path) -> Result<String> {
-    let text =
+pub async fn submit(admin: &Path, plan: &Path, seed: Option<u64>) -> Result<String> {
+    let mut text =
         std::fs::read_to_string(plan).with_context(|| format!("reading {}", plan.display()))?;
     // Check locally first: a plan error is then reported against the file.
-    crate::plan::Plan::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", plan.display()))?;
+    let mut parsed =
+        crate::plan::Plan::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", plan.display()))?;
+    if let Some(seed) = seed {
+        parsed.seed = seed;
+        text = toml::to_string(&parsed)?;
+    }
     submit_text(&mut connect(admin).await?, text).await
 }
 

@@ -137,6 +137,9 @@ struct IssueArgs {
 enum JobCommand {
     Submit {
         plan: PathBuf,
+        /// Overrides the plan's seed: submit once per seed to repeat an experiment.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     Status {
         id: String,
@@ -263,8 +266,8 @@ fn run() -> Result<i32> {
         },
         Command::Job { command } => rt.block_on(async {
             match command {
-                JobCommand::Submit { plan } => {
-                    let id = admin::submit(&admin, &plan).await?;
+                JobCommand::Submit { plan, seed } => {
+                    let id = admin::submit(&admin, &plan, seed).await?;
                     println!("{id}");
                 }
                 JobCommand::Status { id, json } => {

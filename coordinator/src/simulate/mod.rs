@@ -23,7 +23,7 @@ use crate::report::runs::{Experiment, Run};
 use crate::report::{JobStatus, JobSummary, Results};
 use fedseg_proto::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
-pub use workdir::{KNOWN_SITES, Workdir};
+pub use workdir::{KNOWN_SITES, Workdir, members};
 
 /// The plan the README's first command runs: the paper's Table 5 in one job.
 pub const DEFAULT_PLAN: &str = include_str!("../../../plans/simulate.toml");

@@ -20,6 +20,26 @@ use crate::pki::{self, PkiLayout, Role};
 /// center standing in for the M&Ms dataset the paper pretrained on.
 pub const KNOWN_SITES: [&str; 5] = ["emidec", "mscmr", "vh", "stpau", "mnms"];
 
+/// A site named `pool-A-B-…` (A, B: centers) holds the training and validation subjects of
+/// those centers in one folder: the centralised baseline federation is compared against,
+/// which only a simulation can build.
+pub const POOL_PREFIX: &str = "pool-";
+
+/// The centers a site name stands for: itself, or a pool's members.
+pub fn members(site: &str) -> Option<Vec<&str>> {
+    match site.strip_prefix(POOL_PREFIX) {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.split('-').collect();
+            let ok = parts.len() >= 2
+                && parts
+                    .iter()
+                    .all(|p| KNOWN_SITES.contains(p) && *p != "mnms");
+            ok.then_some(parts)
+        }
+        None => KNOWN_SITES.contains(&site).then(|| vec![site]),
+    }
+}
+
 /// The admin identity the simulation submits and watches jobs with.
 pub const ADMIN: &str = "simulate";
 
@@ -76,15 +96,22 @@ impl Workdir {
         sites: &[String],
         subjects: usize,
     ) -> Result<Vec<String>> {
+        let mut centers: Vec<String> = Vec::new();
         for s in sites {
-            if !KNOWN_SITES.contains(&s.as_str()) {
+            let Some(m) = members(s) else {
                 bail!(
-                    "site {s:?}: the simulation can synthesise only {} (the plan names it)",
+                    "site {s:?}: the simulation can synthesise only {} and pools of the LGE \
+                     centers such as pool-emidec-mscmr (the plan names it)",
                     KNOWN_SITES.join(", ")
                 );
+            };
+            for c in m {
+                if !centers.iter().any(|x| x == c) {
+                    centers.push(c.to_string());
+                }
             }
         }
-        let missing: Vec<String> = sites
+        let missing: Vec<String> = centers
             .iter()
             .filter(|s| !self.site_toml(s).exists())
             .cloned()
@@ -106,7 +133,105 @@ impl Workdir {
                 .context("moving the cine center into place")?;
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        Ok(missing)
+        let mut made = missing;
+        for s in sites.iter().filter(|s| s.starts_with(POOL_PREFIX)) {
+            if !self.site_toml(s).exists() {
+                self.pool(site_agent, s)?;
+                made.push(s.clone());
+            }
+        }
+        Ok(made)
+    }
+
+    /// Builds `pool-…` from its centers' own splits (asked of `site-agent inspect`): links to
+    /// every training and validation subject, never a test subject, in the generic layout,
+    /// with one label map covering every center's label values.
+    fn pool(&self, site_agent: &Path, site: &str) -> Result<()> {
+        let dir = self.data().join(site);
+        let tmp = self.data().join(format!(".{site}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        for d in ["images", "labels"] {
+            std::fs::create_dir_all(tmp.join(d))?;
+        }
+        let (mut background, mut blood_pool, mut myocardium) = (vec![], vec![], vec![]);
+        let (mut n_train, mut n_val) = (0usize, 0usize);
+        for center in members(site).unwrap_or_default() {
+            let out = Command::new(site_agent)
+                .args(["inspect", "--json", "--config"])
+                .arg(self.site_toml(center))
+                .output()
+                .with_context(|| format!("running {}", site_agent.display()))?;
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("site-agent inspect of {center}"))?;
+            let ids = |part: &str| -> Vec<String> {
+                report["split"][part]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let (train, val) = (ids("train"), ids("val"));
+            if train.is_empty() {
+                bail!("pooling {center} into {site}: inspect found no training subjects");
+            }
+            n_train += train.len();
+            n_val += val.len();
+            for subject in report["subjects"].as_array().into_iter().flatten() {
+                let id = subject["id"].as_str().unwrap_or("");
+                if !train.iter().chain(&val).any(|x| x == id) {
+                    continue;
+                }
+                for (key, folder) in [("image", "images"), ("label", "labels")] {
+                    let Some(src) = subject[key].as_str() else {
+                        bail!("pooling {center}: subject {id} has no {key}");
+                    };
+                    let ext = if src.ends_with(".nii.gz") {
+                        ".nii.gz"
+                    } else {
+                        ".nii"
+                    };
+                    let src = self.data().join(center).join(src);
+                    let link = tmp.join(folder).join(format!("{center}_{id}{ext}"));
+                    std::os::unix::fs::symlink(&src, &link)
+                        .with_context(|| format!("linking {}", link.display()))?;
+                }
+            }
+            let map = &report["label_map"];
+            for (key, into) in [
+                ("background", &mut background),
+                ("blood_pool", &mut blood_pool),
+                ("myocardium", &mut myocardium),
+            ] {
+                for v in map[key].as_array().into_iter().flatten() {
+                    if let Some(v) = v.as_i64()
+                        && !into.contains(&v)
+                    {
+                        into.push(v);
+                    }
+                }
+            }
+        }
+        let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let config = format!(
+            "# The centralised baseline: {members}'s training and validation subjects in one\n\
+             # place (links), as only a simulation can have them. Never their test subjects.\n\
+             [site]\nname = \"{site}\"\n\n[data]\nroot = \".\"\nlayout = \"generic\"\n\n\
+             [labels]\nbackground = [{bg}]\nblood_pool = [{bp}]\nmyocardium = [{myo}]\n\n\
+             [split]\nseed = 42\ntest = 0\nval = {n_val}\n\n[augment]\nmode = \"spatial+intensity\"\n\
+             probability = 0.2\n",
+            members = members(site).unwrap_or_default().join(", "),
+            bg = list(&background),
+            bp = list(&blood_pool),
+            myo = list(&myocardium),
+        );
+        std::fs::write(tmp.join("site.toml"), config)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).with_context(|| format!("creating {}", dir.display()))?;
+        tracing::info!(site, n_train, n_val, "pooled baseline site built");
+        Ok(())
     }
 
     fn synth(
