@@ -79,7 +79,7 @@ enum Command {
         #[arg(long, value_parser = ["tiny", "cpu", "paper"])]
         model: Option<String>,
         /// Subjects per synthetic center (only when the data is first made).
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 10)]
         subjects: usize,
         /// Epochs of every training stage, overriding the plan.
         #[arg(long)]

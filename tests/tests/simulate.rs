@@ -166,3 +166,82 @@ fn the_default_plan_runs_end_to_end_and_prints_table_5() {
         "the first job's results stay"
     );
 }
+
+/// Exp. 4's centralised baseline: a `pool-…` site built from links to its centers' training
+/// and validation subjects — never a test subject — trains and is evaluated like any site.
+#[test]
+fn a_pooled_site_holds_its_centers_training_data_and_no_test_subject() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sim");
+    let plan = tmp.path().join("pooled.toml");
+    std::fs::write(
+        &plan,
+        r#"
+name = "pooled"
+model = "tiny"
+[[stage]]
+name = "pooled"
+kind = "train"
+sites = ["pool-emidec-mscmr"]
+epochs = 1
+[[stage]]
+name = "eval"
+kind = "evaluate"
+sites = ["emidec", "mscmr"]
+models = ["pooled"]
+"#,
+    )
+    .expect("plan");
+    let (coordinator, site_agent) = binaries();
+    let out = Command::new(coordinator)
+        .args(["simulate", "--json", "--subjects", "6", "--workdir"])
+        .arg(&dir)
+        .arg("--plan")
+        .arg(&plan)
+        .output()
+        .expect("simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["jobs"][0]["state"], "done", "{doc:#}");
+    assert_eq!(
+        doc["experiment"]["sites"],
+        serde_json::json!(["emidec", "mscmr"])
+    );
+
+    let pool = dir.join("data/pool-emidec-mscmr");
+    let mut linked: Vec<String> = std::fs::read_dir(pool.join("images"))
+        .expect("images")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    linked.sort();
+    let mut expected = Vec::new();
+    for center in ["emidec", "mscmr"] {
+        let out = Command::new(site_agent)
+            .args(["inspect", "--json", "--config"])
+            .arg(dir.join("data").join(center).join("site.toml"))
+            .output()
+            .expect("inspect");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let ids = |part: &str| -> Vec<String> {
+            report["split"][part]
+                .as_array()
+                .expect("split")
+                .iter()
+                .filter_map(|v| v.as_str().map(|id| format!("{center}_{id}.nii.gz")))
+                .collect()
+        };
+        let test = ids("test");
+        assert!(!test.is_empty());
+        for t in &test {
+            assert!(!linked.contains(t), "test subject {t} was pooled");
+        }
+        expected.extend(ids("train"));
+        expected.extend(ids("val"));
+    }
+    expected.sort();
+    assert_eq!(linked, expected);
+}
