@@ -68,38 +68,7 @@ enum Command {
     },
     /// A whole federation on this machine: synthetic centers, PKI, this coordinator on
     /// loopback and one site-agent process per site; runs a plan and prints its results.
-    Simulate {
-        /// Folder for data, PKI, coordinator state, logs and results (kept between runs).
-        #[arg(long, default_value = "work/simulate")]
-        workdir: PathBuf,
-        /// Job plan; default: the built-in Table 5 plan (plans/simulate.toml).
-        #[arg(long)]
-        plan: Option<PathBuf>,
-        /// U-Net size, overriding the plan's: tiny (tests, CI), cpu, paper (GPU).
-        #[arg(long, value_parser = ["tiny", "cpu", "paper"])]
-        model: Option<String>,
-        /// Subjects per synthetic center (only when the data is first made).
-        #[arg(long, default_value_t = 10)]
-        subjects: usize,
-        /// Epochs of every training stage, overriding the plan.
-        #[arg(long)]
-        epochs: Option<u32>,
-        /// Rounds of every federated stage, overriding the plan.
-        #[arg(long)]
-        rounds: Option<u32>,
-        /// The job's seed, overriding the plan's.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Runs of the plan (seeds seed, seed+1, …), overriding the plan's `repeats`.
-        #[arg(long)]
-        repeats: Option<u32>,
-        /// The site-agent binary; default: beside this one, else on PATH.
-        #[arg(long)]
-        site_agent: Option<PathBuf>,
-        /// Progress on stderr, and one JSON document (job, results, files) on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    Simulate(simulate::Options),
 }
 
 #[derive(Subcommand)]
@@ -319,32 +288,10 @@ fn run() -> Result<i32> {
             }
             Ok(0)
         }),
-        Command::Simulate {
-            workdir,
-            plan,
-            model,
-            subjects,
-            epochs,
-            rounds,
-            seed,
-            repeats,
-            site_agent,
-            json,
-        } => {
-            std::fs::create_dir_all(workdir.join("logs"))?;
-            init_file_logging(&workdir.join("logs").join("coordinator.log"))?;
-            let opts = simulate::Options {
-                workdir,
-                plan,
-                model,
-                subjects,
-                epochs,
-                rounds,
-                seed,
-                repeats,
-                site_agent,
-                json,
-            };
+        Command::Simulate(opts) => {
+            let json = opts.json;
+            std::fs::create_dir_all(opts.workdir.join("logs"))?;
+            init_file_logging(&opts.workdir.join("logs").join("coordinator.log"))?;
             let outcome = rt.block_on(simulate::run(opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);

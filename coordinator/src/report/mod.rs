@@ -253,6 +253,50 @@ pub struct Results {
     pub rows: Vec<ResultRow>,
 }
 
+/// A table as aligned text (first column left, the rest right-aligned to one width) or as
+/// markdown.
+pub fn table(header: &[String], rows: &[Vec<String>], markdown: bool) -> String {
+    let mut s = String::new();
+    if markdown {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        s.push_str(&line(header));
+        s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+        for r in rows {
+            s.push_str(&line(r));
+        }
+        return s;
+    }
+    let cells = || {
+        rows.iter()
+            .chain(std::iter::once(&header.to_vec()))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let first = cells()
+        .iter()
+        .filter_map(|r| r.first().map(|c| c.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let width = cells()
+        .iter()
+        .flat_map(|r| r.iter().skip(1).map(|c| c.chars().count()))
+        .max()
+        .unwrap_or(0);
+    for r in std::iter::once(&header.to_vec()).chain(rows) {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(line, "{c:<first$}");
+            } else {
+                let _ = write!(line, "  {c:>width$}");
+            }
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -325,21 +369,28 @@ impl Results {
             .unwrap_or_else(|| "-".into())
     }
 
-    /// LV Dice (mean ± SD) per model and site, for a terminal.
+    /// LV Dice (mean ± SD) per model and site, for a terminal or markdown.
+    fn by_model(&self, markdown: bool) -> String {
+        let mut header = vec!["model (LV Dice)".to_string()];
+        header.extend(self.sites.iter().cloned());
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let mut r = vec![format!("{}:{}", row.stage, row.model)];
+                r.extend(self.sites.iter().map(|site| self.cell(row, site)));
+                r
+            })
+            .collect();
+        table(&header, &rows, markdown)
+    }
+
     pub fn render(&self) -> String {
-        let mut s = format!("{:<24}", "model (LV Dice)");
-        for site in &self.sites {
-            let _ = write!(s, " {site:>15}");
-        }
-        s.push('\n');
-        for row in &self.rows {
-            let _ = write!(s, "{:<24}", format!("{}:{}", row.stage, row.model));
-            for site in &self.sites {
-                let _ = write!(s, " {:>15}", self.cell(row, site));
-            }
-            s.push('\n');
-        }
-        s
+        self.by_model(false)
+    }
+
+    pub fn markdown(&self) -> String {
+        self.by_model(true)
     }
 
     /// Column headings for the per-center view: the model, or "stage/model" where one
@@ -366,62 +417,27 @@ impl Results {
 
     /// The paper's Table 5 orientation: one row per test center, one column per model,
     /// LV Dice mean ± SD ("-" where a model was not evaluated at that center).
+    fn by_center_table(&self, markdown: bool) -> String {
+        let mut header = vec!["test center".to_string()];
+        header.extend(self.column_labels());
+        let rows: Vec<Vec<String>> = self
+            .sites
+            .iter()
+            .map(|site| {
+                let mut r = vec![site.clone()];
+                r.extend(self.rows.iter().map(|row| self.cell(row, site)));
+                r
+            })
+            .collect();
+        table(&header, &rows, markdown)
+    }
+
     pub fn by_center(&self) -> String {
-        let labels = self.column_labels();
-        let width = labels.iter().map(|l| l.len()).max().unwrap_or(0).max(13);
-        let mut s = format!("{:<12}", "test center");
-        for l in &labels {
-            let _ = write!(s, " {l:>width$}");
-        }
-        s.push('\n');
-        for site in &self.sites {
-            let _ = write!(s, "{site:<12}");
-            for row in &self.rows {
-                let _ = write!(s, " {:>width$}", self.cell(row, site));
-            }
-            s.push('\n');
-        }
-        s
+        self.by_center_table(false)
     }
 
     pub fn by_center_markdown(&self) -> String {
-        let mut s = String::from("| test center |");
-        for l in self.column_labels() {
-            let _ = write!(s, " {l} |");
-        }
-        s.push_str("\n|---|");
-        for _ in &self.rows {
-            s.push_str("---|");
-        }
-        s.push('\n');
-        for site in &self.sites {
-            let _ = write!(s, "| {site} |");
-            for row in &self.rows {
-                let _ = write!(s, " {} |", self.cell(row, site));
-            }
-            s.push('\n');
-        }
-        s
-    }
-
-    pub fn markdown(&self) -> String {
-        let mut s = String::from("| model |");
-        for site in &self.sites {
-            let _ = write!(s, " {site} |");
-        }
-        s.push_str("\n|---|");
-        for _ in &self.sites {
-            s.push_str("---|");
-        }
-        s.push('\n');
-        for row in &self.rows {
-            let _ = write!(s, "| {} |", row.model);
-            for site in &self.sites {
-                let _ = write!(s, " {} |", self.cell(row, site));
-            }
-            s.push('\n');
-        }
-        s
+        self.by_center_table(true)
     }
 
     pub fn csv(&self) -> String {

@@ -164,47 +164,31 @@ impl Experiment {
     }
 
     /// One row per test center, one column per model (the paper's Table 5 orientation).
-    pub fn render(&self) -> String {
-        let width = self
-            .columns
+    fn table(&self, markdown: bool) -> String {
+        let mut header = vec!["test center".to_string()];
+        header.extend(self.columns.iter().map(|c| c.label.clone()));
+        let rows: Vec<Vec<String>> = self
+            .sites
             .iter()
-            .map(|c| c.label.len())
-            .max()
-            .unwrap_or(0)
-            .max(13);
-        let mut s = format!("{:<12}", "test center");
-        for c in &self.columns {
-            let _ = write!(s, " {:>width$}", c.label);
-        }
-        s.push('\n');
-        for site in &self.sites {
-            let _ = write!(s, "{site:<12}");
-            for c in &self.columns {
-                let _ = write!(s, " {:>width$}", Self::cell_text(c.cells.get(site)));
-            }
-            s.push('\n');
-        }
-        s
+            .map(|site| {
+                let mut r = vec![site.clone()];
+                r.extend(
+                    self.columns
+                        .iter()
+                        .map(|c| Self::cell_text(c.cells.get(site))),
+                );
+                r
+            })
+            .collect();
+        super::table(&header, &rows, markdown)
+    }
+
+    pub fn render(&self) -> String {
+        self.table(false)
     }
 
     pub fn markdown(&self) -> String {
-        let mut s = String::from("| test center |");
-        for c in &self.columns {
-            let _ = write!(s, " {} |", c.label);
-        }
-        s.push_str("\n|---|");
-        for _ in &self.columns {
-            s.push_str("---|");
-        }
-        s.push('\n');
-        for site in &self.sites {
-            let _ = write!(s, "| {site} |");
-            for c in &self.columns {
-                let _ = write!(s, " {} |", Self::cell_text(c.cells.get(site)));
-            }
-            s.push('\n');
-        }
-        s
+        self.table(true)
     }
 
     /// Every job's every cell (not aggregated), for analysis elsewhere.

@@ -28,17 +28,37 @@ pub use workdir::{KNOWN_SITES, Workdir, members};
 /// The plan the README's first command runs: the paper's Table 5 in one job.
 pub const DEFAULT_PLAN: &str = include_str!("../../../plans/simulate.toml");
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct Options {
+    /// Folder for data, PKI, coordinator state, logs and results (kept between runs).
+    #[arg(long, default_value = "work/simulate")]
     pub workdir: PathBuf,
+    /// Job plan; default: the built-in Table 5 plan (plans/simulate.toml).
+    #[arg(long)]
     pub plan: Option<PathBuf>,
+    /// U-Net size, overriding the plan's: tiny (tests, CI), cpu, paper (GPU).
+    #[arg(long, value_parser = ["tiny", "cpu", "paper"])]
     pub model: Option<String>,
+    /// Subjects per synthetic center (only when the data is first made).
+    #[arg(long, default_value_t = 10)]
     pub subjects: usize,
+    /// Epochs of every training stage, overriding the plan.
+    #[arg(long)]
     pub epochs: Option<u32>,
+    /// Rounds of every federated stage, overriding the plan.
+    #[arg(long)]
     pub rounds: Option<u32>,
+    /// The job's seed, overriding the plan's.
+    #[arg(long)]
     pub seed: Option<u64>,
+    /// Runs of the plan (seeds seed, seed+1, …), overriding the plan's `repeats`.
+    #[arg(long)]
     pub repeats: Option<u32>,
+    /// The site-agent binary; default: beside this one, else on PATH.
+    #[arg(long)]
     pub site_agent: Option<PathBuf>,
-    /// Progress goes to stderr and one JSON document to stdout.
+    /// Progress on stderr, and one JSON document (jobs, table, files) on stdout.
+    #[arg(long)]
     pub json: bool,
 }
 
