@@ -57,6 +57,7 @@ pub struct Federation {
     changed: tokio::sync::watch::Sender<u64>,
     live: std::sync::Mutex<HashMap<String, LiveSite>>,
     started: Instant,
+    pub counters: crate::metrics::Counters,
 }
 
 /// Decision for an open round.
@@ -80,6 +81,7 @@ impl Federation {
             changed: tokio::sync::watch::channel(0).0,
             live: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
+            counters: Default::default(),
         });
         fed.check_resumable()?;
         Ok(fed)

@@ -35,6 +35,16 @@ pub async fn serve_on(
     let tls = crate::tls::server_config(&PkiLayout::new(&config.pki_dir), &config.revoked)?;
     let addr = listener.local_addr()?;
     let fed = Federation::open(config)?;
+    let metrics = match &fed.config.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics and health over plain HTTP");
+            Some(tokio::spawn(crate::metrics::serve(l, Arc::clone(&fed))))
+        }
+        None => None,
+    };
     let ticker = {
         let fed = Arc::clone(&fed);
         tokio::spawn(async move {
@@ -71,6 +81,9 @@ pub async fn serve_on(
         .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
         .await;
     ticker.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     result?;
     Ok(())
 }

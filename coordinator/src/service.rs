@@ -146,10 +146,39 @@ impl Site for SiteService {
         Ok(Response::new(stream_blob(
             self.fed.blobs.path(&m.sha256),
             Some(permit),
+            Some(Arc::clone(&self.fed)),
         )))
     }
 
     async fn upload_update(
+        &self,
+        req: Request<Streaming<pb::UploadPart>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let result = self.receive_update(req).await;
+        if let Err(e) = &result
+            && e.code() != tonic::Code::Unauthenticated
+            && e.code() != tonic::Code::PermissionDenied
+        {
+            self.fed.counters.rejected(e.message());
+        }
+        result
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let site = peer(&req, Role::Site)?.name;
+        self.fed
+            .accept_report(&site, req.into_inner())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReportReply {}))
+    }
+}
+
+impl SiteService {
+    async fn receive_update(
         &self,
         req: Request<Streaming<pb::UploadPart>>,
     ) -> Result<Response<pb::UploadReply>, Status> {
@@ -185,10 +214,12 @@ impl Site for SiteService {
         while let Some(part) = stream.next().await {
             // A broken stream drops `file`, which deletes the partial upload.
             match part?.part {
-                Some(Part::Chunk(bytes)) if trailer.is_none() => file
-                    .write(&bytes)
-                    .await
-                    .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?,
+                Some(Part::Chunk(bytes)) if trailer.is_none() => {
+                    self.fed.counters.received(bytes.len());
+                    file.write(&bytes)
+                        .await
+                        .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?
+                }
                 Some(Part::Trailer(t)) if trailer.is_none() => trailer = Some(t),
                 _ => return Err(Status::invalid_argument("upload parts out of order")),
             }
@@ -219,23 +250,14 @@ impl Site for SiteService {
             .map_err(status_of)?;
         Ok(Response::new(pb::UploadReply { sha256: digest }))
     }
-
-    async fn report(
-        &self,
-        req: Request<pb::ReportRequest>,
-    ) -> Result<Response<pb::ReportReply>, Status> {
-        let site = peer(&req, Role::Site)?.name;
-        self.fed
-            .accept_report(&site, req.into_inner())
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(pb::ReportReply {}))
-    }
 }
 
+/// A blob as a stream of chunks; `counted` adds what is sent to the metrics (site
+/// downloads, not admin exports).
 fn stream_blob(
     path: std::path::PathBuf,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    counted: Option<Arc<Federation>>,
 ) -> BoxStream<pb::Chunk> {
     // Two chunks queued per download: memory per site stays a few MiB.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -246,7 +268,13 @@ fn stream_blob(
         }
         drop(permit);
     });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Box::pin(chunks.map(move |c| {
+        if let (Some(fed), Ok(c)) = (&counted, &c) {
+            fed.counters.sent(c.data.len());
+        }
+        c
+    }))
 }
 
 pub struct AdminService {
@@ -344,7 +372,7 @@ impl Admin for AdminService {
             .store
             .audit(&admin, "model export", &m.id)
             .map_err(|e| status_of(e.into()))?;
-        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.sha256), None));
+        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.sha256), None, None));
         if let Ok(v) = m.sha256.parse() {
             reply.metadata_mut().insert("x-sha256", v);
         }

