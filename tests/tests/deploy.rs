@@ -70,9 +70,14 @@ fn compose_runs_the_simulation_topology() {
         "compose/coordinator.toml",
     );
     let port = coord.listen.rsplit(':').next().expect("port");
+    let metrics = coord.metrics_listen.as_deref().expect("metrics_listen");
+    let metrics_port = metrics.rsplit(':').next().expect("port");
     assert_eq!(
         strings(&services["coordinator"]["ports"]),
-        [format!("{port}:{port}")]
+        [
+            format!("{port}:{port}"),
+            format!("127.0.0.1:{metrics_port}:{metrics_port}")
+        ]
     );
     assert_eq!(
         strings(&services["coordinator"]["command"]),
@@ -148,7 +153,20 @@ fn kubernetes_manifests_have_the_expected_kinds_and_valid_configs() {
     assert_eq!(sts["replicas"].as_i64(), Some(1), "sled has one writer");
     assert!(sts["volumeClaimTemplates"][0]["metadata"]["name"].as_str() == Some("state"));
     let c = &sts["template"]["spec"]["containers"][0];
-    assert!(!c["readinessProbe"].is_badvalue() && !c["livenessProbe"].is_badvalue());
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["path"].as_str(),
+            Some("/healthz"),
+            "{probe}"
+        );
+    }
+    let cfg = coordinator_config(
+        find(&docs, "ConfigMap")["data"]["coordinator.toml"]
+            .as_str()
+            .expect("coordinator.toml"),
+        "k8s ConfigMap",
+    );
+    assert_eq!(cfg.metrics_listen.as_deref(), Some("0.0.0.0:9464"));
     assert_eq!(
         sts["template"]["spec"]["volumes"][1]["secret"]["secretName"].as_str(),
         Some("fedseg-coordinator-pki")

@@ -7,16 +7,33 @@ use std::time::{Duration, Instant};
 
 use fedseg_tests::{Fed, free_port};
 
-fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+fn get_once(port: u16, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
     let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    Ok((
         head.lines().next().unwrap_or("").to_string(),
         body.to_string(),
-    )
+    ))
+}
+
+/// A scrape, retried like Prometheus would on a connection error (rarely, a connection to
+/// the metrics port is reset under load; see the session note).
+fn get(port: u16, path: &str) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        match get_once(port, path) {
+            Ok(r) => return r,
+            Err(e) if start.elapsed() > Duration::from_secs(20) => {
+                panic!("GET {path} on port {port}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// The value of the sample whose name and labels start with `prefix`.
@@ -31,12 +48,15 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 
 #[test]
 fn metrics_follow_a_running_job() {
-    let port = free_port();
-    let mut fed = Fed::new(
-        &["emidec", "mscmr"],
-        4,
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1"),
-    );
+    let mut fed = Fed::new(&["emidec", "mscmr"], 4, "");
+    // Another free port than the gRPC one the harness picked.
+    let port = loop {
+        let p = free_port();
+        if p != fed.port {
+            break p;
+        }
+    };
+    fed.extra_config = format!("metrics_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1");
     fed.start_all();
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
