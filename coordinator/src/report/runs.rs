@@ -191,28 +191,16 @@ impl Experiment {
         self.table(true)
     }
 
-    /// Every job's every cell (not aggregated), for analysis elsewhere.
+    /// Every job's every cell (not aggregated), for analysis elsewhere: each job's own CSV
+    /// rows with the plan, job and seed in front.
     pub fn csv_rows(&self, out: &mut String) {
         for r in &self.runs {
-            for row in &r.results.rows {
-                for (site, c) in &row.cells {
-                    let _ = writeln!(
-                        out,
-                        "{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
-                        self.plan,
-                        r.status.job.id,
-                        r.plan.seed,
-                        row.stage,
-                        row.model,
-                        c.version,
-                        site,
-                        c.n,
-                        c.lv_mean,
-                        c.lv_sd,
-                        c.blood_pool_mean,
-                        c.myocardium_mean
-                    );
-                }
+            for line in r.results.csv().lines().skip(1) {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{line}",
+                    self.plan, r.status.job.id, r.plan.seed
+                );
             }
         }
     }
