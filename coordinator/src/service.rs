@@ -137,12 +137,7 @@ impl Site for SiteService {
             .map_err(|e| status_of(e.into()))?
             .ok_or_else(|| Status::not_found(format!("no model version {version}")))?;
         tracing::info!(site, version, bytes = m.size, "model download");
-        let permit = self
-            .transfers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        let permit = self.transfer_permit().await?;
         Ok(Response::new(stream_blob(
             self.fed.blobs.path(&m.sha256),
             Some(permit),
@@ -178,17 +173,21 @@ impl Site for SiteService {
 }
 
 impl SiteService {
+    /// A place among the model transfers served at once (`max_concurrent_transfers`).
+    async fn transfer_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))
+    }
+
     async fn receive_update(
         &self,
         req: Request<Streaming<pb::UploadPart>>,
     ) -> Result<Response<pb::UploadReply>, Status> {
         let site = peer(&req, Role::Site)?.name;
-        let _permit = self
-            .transfers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
+        let _permit = self.transfer_permit().await?;
         let started = Instant::now();
         let mut stream = req.into_inner();
         let header = match stream.next().await {
