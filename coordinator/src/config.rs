@@ -32,10 +32,15 @@ pub struct CoordinatorConfig {
     /// each transfer fast instead of all of them slow.
     #[serde(default = "default_transfers")]
     pub max_concurrent_transfers: usize,
-    /// Plain-HTTP address for Prometheus metrics (`/metrics`) and a health check
-    /// (`/healthz`), e.g. "127.0.0.1:9464"; none by default. Never the gRPC port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<String>,
+    /// Plain-HTTP address of the read-only status page (`/`), Prometheus metrics
+    /// (`/metrics`) and the health check (`/healthz`), e.g. "127.0.0.1:9464"; off when unset.
+    /// No client certificate is asked there: keep it on localhost or a monitoring network.
+    #[serde(
+        default,
+        alias = "metrics_listen",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_listen: Option<String>,
 }
 
 fn default_listen() -> String {

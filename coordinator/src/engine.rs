@@ -57,7 +57,7 @@ pub struct Federation {
     changed: tokio::sync::watch::Sender<u64>,
     live: std::sync::Mutex<HashMap<String, LiveSite>>,
     started: Instant,
-    pub counters: crate::metrics::Counters,
+    pub counters: crate::http::metrics::Counters,
 }
 
 /// Decision for an open round.

@@ -6,7 +6,7 @@ pub mod admin;
 pub mod blobs;
 pub mod config;
 pub mod engine;
-pub mod metrics;
+pub mod http;
 pub mod pki;
 pub mod plan;
 pub mod records;

@@ -32,16 +32,33 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let http = match &config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("http_listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    serve_bound(config, listener, http, shutdown).await
+}
+
+/// `serve_on` with the status page's listener bound by the caller too (the simulation keeps
+/// the port it printed).
+pub async fn serve_bound(
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&PkiLayout::new(&config.pki_dir), &config.revoked)?;
     let addr = listener.local_addr()?;
     let fed = Federation::open(config)?;
-    let metrics = match &fed.config.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
-            tracing::info!(addr = %l.local_addr()?, "metrics and health over plain HTTP");
-            Some(tokio::spawn(crate::metrics::serve(l, Arc::clone(&fed))))
+    let http = match http {
+        Some(l) => {
+            let at = l.local_addr()?;
+            tracing::info!(%at, "status page http://{at}/, metrics /metrics, health /healthz");
+            Some(tokio::spawn(crate::http::serve(l, Arc::clone(&fed))))
         }
         None => None,
     };
@@ -81,8 +98,8 @@ pub async fn serve_on(
         .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
         .await;
     ticker.abort();
-    if let Some(m) = metrics {
-        m.abort();
+    if let Some(h) = http {
+        h.abort();
     }
     result?;
     Ok(())

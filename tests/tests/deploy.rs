@@ -70,7 +70,7 @@ fn compose_runs_the_simulation_topology() {
         "compose/coordinator.toml",
     );
     let port = coord.listen.rsplit(':').next().expect("port");
-    let metrics = coord.metrics_listen.as_deref().expect("metrics_listen");
+    let metrics = coord.http_listen.as_deref().expect("http_listen");
     let metrics_port = metrics.rsplit(':').next().expect("port");
     assert_eq!(
         strings(&services["coordinator"]["ports"]),
@@ -166,7 +166,7 @@ fn kubernetes_manifests_have_the_expected_kinds_and_valid_configs() {
             .expect("coordinator.toml"),
         "k8s ConfigMap",
     );
-    assert_eq!(cfg.metrics_listen.as_deref(), Some("0.0.0.0:9464"));
+    assert_eq!(cfg.http_listen.as_deref(), Some("0.0.0.0:9464"));
     assert_eq!(
         sts["template"]["spec"]["volumes"][1]["secret"]["secretName"].as_str(),
         Some("fedseg-coordinator-pki")

@@ -210,20 +210,31 @@ pub async fn run(opts: Options) -> Result<Outcome> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    let http = status_page_listener().await?;
+    let http_addr = http.local_addr()?;
     let config = CoordinatorConfig {
         listen: addr.to_string(),
+        http_listen: Some(http_addr.to_string()),
         state_dir: dir.state(),
         pki_dir: dir.root.join("pki"),
         heartbeat_s: 1,
         ..CoordinatorConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve_on(config, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(crate::server::serve_bound(
+        config,
+        listener,
+        Some(http),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     say(&format!(
         "  coordinator: {endpoint} (mutual TLS), state in {}",
         dir.state().display()
+    ));
+    say(&format!(
+        "  status page: http://{http_addr}/ (metrics /metrics, health /healthz)"
     ));
 
     let mut agents = Vec::new();
@@ -451,4 +462,13 @@ fn write_results(
         written.push(p);
     }
     Ok(written)
+}
+
+/// The status page on the port the docs name, or on a free one when another coordinator
+/// (another simulation) holds it. Loopback only: the page asks for no certificate.
+async fn status_page_listener() -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind("127.0.0.1:9464").await {
+        Ok(l) => Ok(l),
+        Err(_) => Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+    }
 }

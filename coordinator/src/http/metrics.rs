@@ -1,13 +1,9 @@
-//! Prometheus text metrics and a health check on a plain-HTTP listener of their own
-//! (`metrics_listen` in coordinator.toml; bind it to localhost or a monitoring network).
-//! The gRPC port stays mutual-TLS only.
+//! Prometheus text metrics: counters the services bump, and gauges read from the store at
+//! scrape time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::Federation;
 use crate::records::{JobState, StageState};
@@ -194,44 +190,6 @@ pub fn render(fed: &Federation) -> String {
         rejected,
     );
     s
-}
-
-/// Serves `GET /metrics` and `GET /healthz` (200 while the store answers) until the task is
-/// dropped. One request per connection; scrapers need no more.
-pub async fn serve(listener: tokio::net::TcpListener, fed: Arc<Federation>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let fed = Arc::clone(&fed);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match conn.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, kind, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&fed)),
-                "/healthz" => match fed.store.jobs() {
-                    Ok(_) => ("200 OK", "text/plain", "ok\n".to_string()),
-                    Err(e) => (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        format!("store: {e}\n"),
-                    ),
-                },
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
-    }
 }
 
 #[cfg(test)]
