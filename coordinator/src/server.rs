@@ -62,12 +62,24 @@ pub async fn serve_bound(
         }
         None => None,
     };
+    // The standard gRPC health service (grpc.health.v1) on the mutual-TLS port: "" and both
+    // services are SERVING while the engine's store answers, NOT_SERVING when it fails.
+    let (health, health_service) = tonic_health::server::health_reporter();
     let ticker = {
         let fed = Arc::clone(&fed);
         tokio::spawn(async move {
+            let mut serving = None;
             loop {
-                if let Err(e) = fed.tick().await {
-                    tracing::error!("engine: {e}");
+                let ok = match fed.tick().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!("engine: {e}");
+                        fed.store.jobs().is_ok()
+                    }
+                };
+                if serving != Some(ok) {
+                    set_health(&health, ok).await;
+                    serving = Some(ok);
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -93,6 +105,7 @@ pub async fn serve_bound(
         .initial_connection_window_size(SERVER_CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
         .add_service(site)
         .add_service(admin)
         .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
@@ -103,4 +116,20 @@ pub async fn serve_bound(
     }
     result?;
     Ok(())
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in [
+        "",
+        <SiteServer<SiteService> as tonic::server::NamedService>::NAME,
+        <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
 }

@@ -1,11 +1,33 @@
-//! The coordinator's Prometheus metrics and health check, scraped over plain HTTP while a
-//! two-site federated job runs: the round counter advances with the job, bytes move both
-//! ways, both sites count as connected, and a refused update shows under its reason.
+//! The coordinator's Prometheus metrics and health checks while a two-site federated job
+//! runs: /metrics and /healthz over plain HTTP (the round counter advances with the job,
+//! bytes move both ways, both sites count as connected) and the standard gRPC health service
+//! on the mutual-TLS port.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use fedseg_coordinator::pki::Role;
 use fedseg_tests::{Fed, free_port};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// grpc.health.v1 Check over mutual TLS with `site`'s certificate (as a probe would).
+fn grpc_health(fed: &Fed, site: &str, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let ep = fed.endpoint_for(Role::Site, site);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut client = HealthClient::new(ep.channel().await.expect("channel"));
+        let reply = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await?;
+        Ok(ServingStatus::try_from(reply.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    })
+}
 
 fn get_once(port: u16, path: &str) -> std::io::Result<(String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -69,6 +91,7 @@ rounds = 3
     );
     let rounds = format!("fedseg_rounds_closed_total{{job=\"{job}\",stage=\"fed\"}}");
     let mut seen = Vec::new();
+    let mut health_checked = false;
     let start = Instant::now();
     loop {
         let (status, m) = get(port, "/metrics");
@@ -76,6 +99,20 @@ rounds = 3
         let n = sample(&m, &rounds).unwrap_or(0.0);
         if seen.last() != Some(&n) {
             seen.push(n);
+        }
+        if seen.len() == 2 && !health_checked {
+            health_checked = true;
+            // Mid-job, over mutual TLS: the whole server and each service answer SERVING.
+            for service in ["", "fedseg.v1.Site", "fedseg.v1.Admin"] {
+                let s = grpc_health(&fed, "emidec", service);
+                assert_eq!(
+                    s.as_ref().ok(),
+                    Some(&ServingStatus::Serving),
+                    "service {service:?}: {s:?}"
+                );
+            }
+            let unknown = grpc_health(&fed, "emidec", "no.such.Service");
+            assert_eq!(unknown.err().map(|e| e.code()), Some(tonic::Code::NotFound));
         }
         if n >= 3.0 || start.elapsed() > Duration::from_secs(300) {
             break;
@@ -86,6 +123,7 @@ rounds = 3
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert_eq!(seen.last(), Some(&3.0), "{seen:?}\n{}", fed.logs());
     assert!(seen.len() >= 3, "saw the count advance only as {seen:?}");
+    assert!(health_checked, "gRPC health was not checked mid-job");
 
     let done = fed.wait_job(&job, Duration::from_secs(60));
     assert_eq!(format!("{:?}", done.job.state), "Done");
