@@ -3,6 +3,7 @@
 //! with SHA-256 digests, and the TLS client setup both binaries dial with.
 
 pub mod client;
+pub mod http;
 pub mod safetensors;
 pub mod transfer;
 

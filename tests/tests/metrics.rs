@@ -71,6 +71,17 @@ fn metrics_follow_a_running_job() {
         }
     };
     fed.extra_config = format!("http_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1");
+    // The emidec agent serves its own metrics; [federation] is the last section of site.toml.
+    let agent_port = loop {
+        let p = free_port();
+        if p != fed.port && p != port {
+            break p;
+        }
+    };
+    let site_toml = fed.site_config("emidec");
+    let mut text = std::fs::read_to_string(&site_toml).expect("site.toml");
+    text.push_str(&format!("http_listen = \"127.0.0.1:{agent_port}\"\n"));
+    std::fs::write(&site_toml, text).expect("site.toml");
     fed.start_all();
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
@@ -92,6 +103,8 @@ rounds = 3
     let rounds = format!("fedseg_rounds_closed_total{{job=\"{job}\",stage=\"fed\"}}");
     let mut seen = Vec::new();
     let mut health_checked = false;
+    let mut agent_states = std::collections::BTreeSet::new();
+    let mut agent_throughput: f64 = 0.0;
     let start = Instant::now();
     loop {
         let (status, m) = get(port, "/metrics");
@@ -114,6 +127,15 @@ rounds = 3
             let unknown = grpc_health(&fed, "emidec", "no.such.Service");
             assert_eq!(unknown.err().map(|e| e.code()), Some(tonic::Code::NotFound));
         }
+        let (status, a) = get(agent_port, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        for st in ["idle", "downloading", "training", "uploading"] {
+            if sample(&a, &format!("fedseg_agent_task_state{{state=\"{st}\"}}")) == Some(1.0) {
+                agent_states.insert(st);
+            }
+        }
+        agent_throughput =
+            agent_throughput.max(sample(&a, "fedseg_agent_train_slices_per_second").unwrap_or(0.0));
         if n >= 3.0 || start.elapsed() > Duration::from_secs(300) {
             break;
         }
@@ -144,4 +166,25 @@ rounds = 3
         format!("fedseg_round_phase_seconds{{job=\"{job}\",stage=\"fed\",phase=\"aggregate\"}}");
     assert!(sample(&m, &aggregate).is_some(), "{m}");
     assert_eq!(get(port, "/nothing").0, "HTTP/1.1 404 Not Found");
+
+    // The agent: seen training with a throughput, three results delivered, still connected.
+    assert!(agent_states.contains("training"), "{agent_states:?}");
+    assert!(agent_throughput > 0.0, "no training throughput reported");
+    let (status, a) = get(agent_port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(sample(&a, "fedseg_agent_connected"), Some(1.0), "{a}");
+    assert_eq!(
+        sample(&a, "fedseg_agent_tasks_total{result=\"delivered\"}"),
+        Some(3.0),
+        "{a}"
+    );
+    assert_eq!(
+        sample(&a, "fedseg_agent_tasks_total{result=\"failed\"}"),
+        Some(0.0)
+    );
+    let (status, body) = get(agent_port, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok: connected\n")
+    );
 }

@@ -2,7 +2,6 @@
 //! scrape time.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::Federation;
@@ -64,10 +63,7 @@ fn label(v: &str) -> String {
 pub fn render(fed: &Federation) -> String {
     let mut s = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(s, "{name}{labels} {v}");
-        }
+        fedseg_proto::http::metric(&mut s, name, kind, help, &samples)
     };
     let live = fed.live_sites();
     let connected = live.keys().filter(|site| fed.is_alive(site)).count();

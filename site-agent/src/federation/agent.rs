@@ -4,6 +4,7 @@
 //! disk and is sent on the next connection instead of being recomputed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use super::metrics::AgentMetrics;
 use super::work::{Outcome, Workbench};
 use crate::data::{Part as SplitPart, SiteConfig};
 
@@ -38,6 +40,7 @@ struct Agent {
     endpoint: FederationEndpoint,
     bench: Arc<Workbench>,
     status: Arc<Mutex<pb::HeartbeatRequest>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Joins the federation and works until the process is stopped.
@@ -51,18 +54,36 @@ pub async fn run(config: SiteConfig) -> Result<(), AgentError> {
     for p in [&fed.ca, &fed.cert, &fed.key] {
         std::fs::metadata(p).map_err(|e| AgentError::Local(format!("{}: {e}", p.display())))?;
     }
+    let status = Arc::new(Mutex::new(pb::HeartbeatRequest {
+        state: "idle".into(),
+        ..Default::default()
+    }));
+    let metrics = Arc::new(AgentMetrics {
+        status: Arc::clone(&status),
+        ..Default::default()
+    });
+    let _http = match &fed.http_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::Local(format!("[federation] http_listen {addr}: {e}")))?;
+            tracing::info!(addr = %addr, "metrics /metrics and health /healthz over plain HTTP");
+            Some(AbortOnDrop(tokio::spawn(Arc::clone(&metrics).serve(l))))
+        }
+        None => None,
+    };
     let agent = Agent {
         endpoint: fed.endpoint(),
         bench: Arc::new(Workbench::new(config, fed.work_dir.clone())),
-        status: Arc::new(Mutex::new(pb::HeartbeatRequest {
-            state: "idle".into(),
-            ..Default::default()
-        })),
+        status,
+        metrics,
     };
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        match agent.session().await {
+        let session = agent.session().await;
+        agent.metrics.connected.store(false, Ordering::Relaxed);
+        match session {
             Ok(()) => tracing::info!("task stream ended; reconnecting"),
             Err(e) => tracing::warn!(
                 "{}; reconnecting in {:.1} s",
@@ -139,6 +160,8 @@ impl Agent {
             coordinator = self.endpoint.coordinator,
             "joined the federation"
         );
+        self.metrics.connected.store(true, Ordering::Relaxed);
+        self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         let period = Duration::from_secs(u64::from(joined.heartbeat_s.max(1)));
         let _heartbeat = {
             let mut hb = client.clone();
@@ -186,11 +209,18 @@ impl Agent {
             }
         };
         self.set_state("uploading", &id);
+        let failed_here = matches!(&outcome, Outcome::Report(r) if !r.error.is_empty());
         let delivered = self.deliver(client, outcome).await;
         self.set_state("idle", "");
         match delivered {
             Ok(()) => {
                 tracing::info!(task = id, "result delivered");
+                let counter = if failed_here {
+                    &self.metrics.failed
+                } else {
+                    &self.metrics.delivered
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let _ = std::fs::remove_dir_all(&dir);
                 Ok(())
             }
@@ -205,6 +235,7 @@ impl Agent {
                 ) =>
             {
                 tracing::warn!(task = id, "result refused: {}", s.message());
+                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = std::fs::remove_dir_all(&dir);
                 Ok(())
             }

@@ -4,6 +4,7 @@
 //! scores and intensity quantiles.
 
 mod agent;
+mod metrics;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,10 @@ pub struct FederationSection {
     /// Downloaded models, unsent results, training checkpoints, FedBN-local parameters.
     #[serde(default = "default_work_dir")]
     pub work_dir: PathBuf,
+    /// Plain-HTTP address for this agent's Prometheus metrics (`/metrics`) and health check
+    /// (`/healthz`), e.g. "127.0.0.1:9465"; off when unset. Serves no data, only counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
 }
 
 fn default_work_dir() -> PathBuf {
