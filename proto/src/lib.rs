@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod http;
+pub mod logging;
 pub mod safetensors;
 pub mod transfer;
 

@@ -138,12 +138,7 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fedseg_proto::logging::init(std::io::stderr, std::env::var_os("NO_COLOR").is_none());
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

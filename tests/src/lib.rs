@@ -74,6 +74,8 @@ pub struct Fed {
     pub coordinator: Option<Proc>,
     pub agents: Vec<Proc>,
     pub extra_config: String,
+    /// Environment given to the coordinator and agent processes (e.g. the log format).
+    pub env: Vec<(String, String)>,
 }
 
 impl Fed {
@@ -151,6 +153,7 @@ impl Fed {
             coordinator: None,
             agents: Vec::new(),
             extra_config: extra_config.to_string(),
+            env: Vec::new(),
         }
     }
 
@@ -179,6 +182,7 @@ impl Fed {
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -207,6 +211,7 @@ impl Fed {
             .args(["run", "--config"])
             .arg(self.site_config(site))
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

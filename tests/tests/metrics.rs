@@ -82,6 +82,8 @@ fn metrics_follow_a_running_job() {
     let mut text = std::fs::read_to_string(&site_toml).expect("site.toml");
     text.push_str(&format!("http_listen = \"127.0.0.1:{agent_port}\"\n"));
     std::fs::write(&site_toml, text).expect("site.toml");
+    // Logs as JSON lines, as a log collector would take them.
+    fed.env.push(("FEDSEG_LOG_FORMAT".into(), "json".into()));
     fed.start_all();
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
@@ -182,6 +184,23 @@ rounds = 3
         sample(&a, "fedseg_agent_tasks_total{result=\"failed\"}"),
         Some(0.0)
     );
+    for name in ["coordinator", "emidec"] {
+        let log = fed.log(name);
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
+            .collect();
+        assert!(lines.len() > 3, "{name}: {log}");
+        for l in &lines {
+            assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
+        }
+        let joined = lines.iter().any(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("joined") || m.contains("listening"))
+        });
+        assert!(joined, "{name}: {log}");
+    }
     let (status, body) = get(agent_port, "/healthz");
     assert_eq!(
         (status.as_str(), body.as_str()),

@@ -1,0 +1,27 @@
+//! Log setup shared by both binaries: `RUST_LOG` filters (default `info`), and
+//! `FEDSEG_LOG_FORMAT=json` switches to one JSON object per line for log collectors
+//! (journald, Loki, Elasticsearch) instead of text for people.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+pub fn json_requested() -> bool {
+    std::env::var("FEDSEG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+}
+
+/// Installs the global subscriber writing to `writer`; colours only where `ansi` and text.
+pub fn init<W>(writer: W, ansi: bool)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    // A second init (tests, or the simulation re-pointing logs) keeps the first: not an error.
+    let _ = if json_requested() {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(ansi).try_init()
+    };
+}
