@@ -282,7 +282,10 @@ fn run() -> Result<i32> {
                         },
                         r["site"]["device"].as_str().unwrap_or("?"),
                         r["site"]["train_slices"].as_u64().unwrap_or(0),
-                        r["live"]["state"].as_str().unwrap_or("-"),
+                        r["live"]["state"]
+                            .as_str()
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or("joined"),
                     );
                 }
             }
@@ -367,5 +370,5 @@ fn init_file_logging(path: &std::path::Path) -> Result<()> {
 }
 
 fn init_logging() {
-    fedseg_proto::logging::init(std::io::stderr, std::env::var_os("NO_COLOR").is_none());
+    fedseg_proto::logging::init_stderr();
 }

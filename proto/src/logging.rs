@@ -9,6 +9,14 @@ pub fn json_requested() -> bool {
     std::env::var("FEDSEG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
 }
 
+/// Logs to stderr, in colour only on a terminal (not into files, journald or containers'
+/// log collectors) and only without `NO_COLOR`.
+pub fn init_stderr() {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    init(std::io::stderr, ansi);
+}
+
 /// Installs the global subscriber writing to `writer`; colours only where `ansi` and text.
 pub fn init<W>(writer: W, ansi: bool)
 where

@@ -138,7 +138,7 @@ enum Command {
 }
 
 fn main() {
-    fedseg_proto::logging::init(std::io::stderr, std::env::var_os("NO_COLOR").is_none());
+    fedseg_proto::logging::init_stderr();
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
