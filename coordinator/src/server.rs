@@ -20,9 +20,22 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
-    // Scripts wait for this line to know the port (useful with port 0).
+    let http = bind_http(&config).await?;
+    // Scripts wait for this line to know the port (useful with port 0); both listeners are
+    // bound by then, so a probe right after it is not refused.
     println!("listening on {}", listener.local_addr()?);
-    serve_on(config, listener, shutdown).await
+    serve_bound(config, listener, http, shutdown).await
+}
+
+async fn bind_http(config: &CoordinatorConfig) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match &config.http_listen {
+        Some(addr) => Ok(Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("http_listen {addr}: {e}"))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// `serve` on a listener the caller bound (the simulation binds port 0 and hands the port to
@@ -32,14 +45,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let http = match &config.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("http_listen {addr}: {e}"))?,
-        ),
-        None => None,
-    };
+    let http = bind_http(&config).await?;
     serve_bound(config, listener, http, shutdown).await
 }
 

@@ -157,6 +157,26 @@ impl Fed {
         }
     }
 
+    /// A free port other than the gRPC port and `taken`.
+    pub fn other_free_port(&self, taken: &[u16]) -> u16 {
+        loop {
+            let p = free_port();
+            if p != self.port && !taken.contains(&p) {
+                return p;
+            }
+        }
+    }
+
+    /// Turns on the coordinator's plain-HTTP listener (status page, /metrics, /healthz) on a
+    /// free port, with 1 s heartbeats so live state moves quickly; returns the port.
+    pub fn enable_http(&mut self) -> u16 {
+        let port = self.other_free_port(&[]);
+        self.extra_config.push_str(&format!(
+            "\nhttp_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1\n"
+        ));
+        port
+    }
+
     pub fn write_coordinator_config(&self) -> PathBuf {
         let path = self.root().join("coordinator.toml");
         std::fs::write(

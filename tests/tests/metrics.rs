@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use fedseg_coordinator::pki::Role;
-use fedseg_tests::{Fed, free_port};
+use fedseg_tests::Fed;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -63,21 +63,9 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 #[test]
 fn metrics_follow_a_running_job() {
     let mut fed = Fed::new(&["emidec", "mscmr"], 4, "");
-    // Another free port than the gRPC one the harness picked.
-    let port = loop {
-        let p = free_port();
-        if p != fed.port {
-            break p;
-        }
-    };
-    fed.extra_config = format!("http_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1");
+    let port = fed.enable_http();
     // The emidec agent serves its own metrics; [federation] is the last section of site.toml.
-    let agent_port = loop {
-        let p = free_port();
-        if p != fed.port && p != port {
-            break p;
-        }
-    };
+    let agent_port = fed.other_free_port(&[port]);
     let site_toml = fed.site_config("emidec");
     let mut text = std::fs::read_to_string(&site_toml).expect("site.toml");
     text.push_str(&format!("http_listen = \"127.0.0.1:{agent_port}\"\n"));
@@ -85,6 +73,17 @@ fn metrics_follow_a_running_job() {
     // Logs as JSON lines, as a log collector would take them.
     fed.env.push(("FEDSEG_LOG_FORMAT".into(), "json".into()));
     fed.start_all();
+    // The agent binds its listener as it starts; nothing waits for that the way
+    // start_coordinator waits for the coordinator's "listening" line.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "agent metrics never listened\n{}",
+            fed.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     let job = fed.submit(

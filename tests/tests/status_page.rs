@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use fedseg_tests::{Fed, free_port};
+use fedseg_tests::Fed;
 
 fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
@@ -70,13 +70,7 @@ fn the_status_page_draws_a_running_and_a_finished_job() {
     std::fs::create_dir_all(&artefacts).expect("artefact dir");
 
     let mut fed = Fed::new(&["emidec", "mscmr"], 4, "");
-    let port = loop {
-        let p = free_port();
-        if p != fed.port {
-            break p;
-        }
-    };
-    fed.extra_config = format!("http_listen = \"127.0.0.1:{port}\"\nheartbeat_s = 1");
+    let port = fed.enable_http();
     fed.start_all();
     let url = format!("http://127.0.0.1:{port}/");
     let job = fed.submit(
