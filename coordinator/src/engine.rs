@@ -172,6 +172,24 @@ impl Federation {
         }
     }
 
+    /// Every site that joined: its record, whether it is connected now, its live state.
+    pub fn site_rows(&self) -> Result<Vec<serde_json::Value>, EngineError> {
+        let live = self.live_sites();
+        Ok(self
+            .store
+            .sites()?
+            .iter()
+            .map(|s| {
+                let l = live.get(&s.name);
+                serde_json::json!({
+                    "site": s,
+                    "connected": self.is_alive(&s.name) && l.is_some(),
+                    "live": l,
+                })
+            })
+            .collect())
+    }
+
     pub fn join(&self, site: &str, req: &pb::JoinRequest) -> Result<(), EngineError> {
         let now = now_s();
         let mut rec = self.store.site(site)?.unwrap_or_else(|| SiteRecord {

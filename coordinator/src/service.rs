@@ -340,20 +340,7 @@ impl Admin for AdminService {
 
     async fn list_sites(&self, req: Request<pb::Empty>) -> Result<Response<pb::JsonReply>, Status> {
         peer(&req, Role::Admin)?;
-        let sites = self.fed.store.sites().map_err(|e| status_of(e.into()))?;
-        let live = self.fed.live_sites();
-        let rows: Vec<serde_json::Value> = sites
-            .iter()
-            .map(|s| {
-                let l = live.get(&s.name);
-                serde_json::json!({
-                    "site": s,
-                    "connected": self.fed.is_alive(&s.name) && l.is_some(),
-                    "live": l,
-                })
-            })
-            .collect();
-        json_reply(&rows)
+        json_reply(&self.fed.site_rows().map_err(status_of)?)
     }
 
     type ExportModelStream = BoxStream<pb::Chunk>;

@@ -135,6 +135,13 @@ models = ["fed"]
     assert_eq!(format!("{:?}", done.job.state), "Done", "{}", fed.logs());
     let dom = headless(&browser, &["--dump-dom", &url]);
     assert!(part(&dom, "jobs").contains(">done<"), "{dom}");
+    let sites = part(&dom, "sites");
+    for site in ["emidec", "mscmr"] {
+        assert!(
+            sites.contains(&format!("<td>{site}</td><td>yes</td>")),
+            "{sites}"
+        );
+    }
     let stages = part(&dom, "stages");
     assert!(stages.contains("3/3"), "three rounds of three: {stages}");
     // Results: a header with both sites, a row for the model, cells "0.xyz ± 0.xyz (n=…)".

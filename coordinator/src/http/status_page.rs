@@ -16,23 +16,9 @@ pub fn jobs(fed: &Federation) -> Result<Value, EngineError> {
     Ok(json!(jobs))
 }
 
-/// Known sites with their live state.
+/// Known sites with their live state (the admin API's `sites` document).
 pub fn sites(fed: &Federation) -> Result<Value, EngineError> {
-    let live = fed.live_sites();
-    let rows: Vec<Value> = fed
-        .store
-        .sites()?
-        .iter()
-        .map(|s| {
-            let l = live.get(&s.name);
-            json!({
-                "name": s.name,
-                "connected": fed.is_alive(&s.name) && l.is_some(),
-                "live": l,
-            })
-        })
-        .collect();
-    Ok(json!(rows))
+    Ok(json!(fed.site_rows()?))
 }
 
 /// One job's status (stages, rounds, per-site tasks, live sites) and its results table.
