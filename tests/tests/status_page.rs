@@ -46,6 +46,11 @@ fn headless(browser: &PathBuf, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn screenshot(browser: &PathBuf, url: &str, out: &std::path::Path) {
+    let target = format!("--screenshot={}", out.display());
+    headless(browser, &["--window-size=1400,1100", &target, url]);
+}
+
 /// The text between the element with `id` and the end of its table or section.
 fn part<'a>(dom: &'a str, id: &str) -> &'a str {
     let start = dom
@@ -119,17 +124,7 @@ models = ["fed"]
     }
     let chart = part(&dom, "chart");
     assert!(chart.contains("class=\"series\""), "no chart line: {chart}");
-    headless(
-        &browser,
-        &[
-            "--window-size=1400,1100",
-            &format!(
-                "--screenshot={}",
-                artefacts.join("status-page-running.png").display()
-            ),
-            &url,
-        ],
-    );
+    screenshot(&browser, &url, &artefacts.join("status-page-running.png"));
 
     let done = fed.wait_job(&job, Duration::from_secs(300));
     assert_eq!(format!("{:?}", done.job.state), "Done", "{}", fed.logs());
@@ -164,14 +159,7 @@ models = ["fed"]
         "one point per round: {chart}"
     );
     let shot = artefacts.join("status-page-done.png");
-    headless(
-        &browser,
-        &[
-            "--window-size=1400,1100",
-            &format!("--screenshot={}", shot.display()),
-            &url,
-        ],
-    );
+    screenshot(&browser, &url, &shot);
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
