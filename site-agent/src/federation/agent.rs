@@ -264,7 +264,7 @@ impl Agent {
         }
         let download_s = t0.elapsed().as_secs_f64();
         let bench = self.bench.clone();
-        let status = self.status.clone();
+        let metrics = Arc::clone(&self.metrics);
         let task2 = task.clone();
         let dir2 = dir.to_path_buf();
         self.set_state(
@@ -280,14 +280,7 @@ impl Agent {
             _ => 0,
         };
         let result = tokio::task::spawn_blocking(move || {
-            let on_epoch = move |e: &crate::train::EpochStats| {
-                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-                s.epoch = e.epoch as u32 + 1;
-                s.epochs = epochs;
-                s.loss = e.loss;
-                s.val_dice = e.val_dice as f32;
-                s.slices_per_s = e.slices_per_s;
-            };
+            let on_epoch = move |e: &crate::train::EpochStats| metrics.record_epoch(e, epochs);
             match &task2.work {
                 Some(pb::task::Work::Train(spec)) => {
                     bench.train(&task2, spec, init.as_deref(), &dir2, &on_epoch)

@@ -20,15 +20,43 @@ pub struct AgentMetrics {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
     pub refused: AtomicU64,
+    /// Kept past the end of its task, unlike `status`, which goes back to idle: a scrape
+    /// between two tasks still sees how fast the last epoch trained.
+    pub last_epoch: Mutex<LastEpoch>,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct LastEpoch {
+    pub slices_per_s: f32,
+    pub loss: f32,
+    pub val_dice: f32,
 }
 
 impl AgentMetrics {
+    /// A finished epoch: into the heartbeat (the coordinator's live view) and into the gauges.
+    pub fn record_epoch(&self, e: &crate::train::EpochStats, epochs: u32) {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.epoch = e.epoch as u32 + 1;
+            s.epochs = epochs;
+            s.loss = e.loss;
+            s.val_dice = e.val_dice as f32;
+            s.slices_per_s = e.slices_per_s;
+        }
+        *self.last_epoch.lock().unwrap_or_else(|p| p.into_inner()) = LastEpoch {
+            slices_per_s: e.slices_per_s,
+            loss: e.loss,
+            val_dice: e.val_dice as f32,
+        };
+    }
+
     pub fn render(&self) -> String {
         let s = self
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let last = *self.last_epoch.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let one = |v: f64| vec![(String::new(), v)];
         let count = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
@@ -81,21 +109,21 @@ impl AgentMetrics {
             "fedseg_agent_train_slices_per_second",
             "gauge",
             "Training throughput of the last finished epoch.",
-            &one(f64::from(s.slices_per_s)),
+            &one(f64::from(last.slices_per_s)),
         );
         metric(
             &mut out,
             "fedseg_agent_train_loss",
             "gauge",
             "Training loss of the last finished epoch.",
-            &one(f64::from(s.loss)),
+            &one(f64::from(last.loss)),
         );
         metric(
             &mut out,
             "fedseg_agent_val_dice",
             "gauge",
             "Validation Dice after the last finished epoch.",
-            &one(f64::from(s.val_dice)),
+            &one(f64::from(last.val_dice)),
         );
         metric(
             &mut out,
@@ -141,17 +169,36 @@ mod tests {
         let m = AgentMetrics::default();
         m.status
             .lock()
-            .map(|mut s| {
-                s.state = "training".into();
-                s.slices_per_s = 12.5;
-            })
+            .map(|mut s| s.state = "training".into())
             .ok();
         m.delivered.fetch_add(2, Ordering::Relaxed);
         let text = m.render();
         assert!(text.contains("fedseg_agent_task_state{state=\"training\"} 1\n"));
         assert!(text.contains("fedseg_agent_task_state{state=\"idle\"} 0\n"));
-        assert!(text.contains("fedseg_agent_train_slices_per_second 12.5\n"));
         assert!(text.contains("fedseg_agent_tasks_total{result=\"delivered\"} 2\n"));
         assert!(text.contains("fedseg_agent_connected 0\n"));
+    }
+
+    #[test]
+    fn the_last_epoch_outlives_its_task() {
+        let m = AgentMetrics::default();
+        let e = crate::train::EpochStats {
+            epoch: 0,
+            loss: 0.5,
+            val_dice: 0.75,
+            slices_per_s: 12.5,
+            seconds: 1.0,
+        };
+        m.record_epoch(&e, 3);
+        assert!(m.render().contains("fedseg_agent_epoch 1\n"));
+        // The task ends: the heartbeat goes back to idle, the last epoch's numbers stay.
+        m.status.lock().map(|mut s| *s = Default::default()).ok();
+        let text = m.render();
+        assert!(text.contains("fedseg_agent_epoch 0\n"), "{text}");
+        assert!(
+            text.contains("fedseg_agent_train_slices_per_second 12.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("fedseg_agent_val_dice 0.75\n"), "{text}");
     }
 }
