@@ -113,7 +113,7 @@ pub async fn export(admin: &Path, version: &str, out: &Path) -> Result<(String, 
     let mut file = IncomingFile::create(&dir, u64::MAX).await?;
     let mut stream = reply.into_inner();
     while let Some(chunk) = stream.next().await {
-        file.write(&chunk.map_err(status)?.data).await?;
+        file.write(chunk.map_err(status)?.data).await?;
     }
     let size = file.received();
     let digest = file

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fedseg_proto::pb;
+use fedseg_proto::safetensors::SafetensorsHeader;
 use serde::Serialize;
 
 use crate::blobs::BlobStore;
@@ -18,6 +19,7 @@ use crate::records::*;
 use crate::store::{Store, StoreError};
 use crate::strategy::{self, AggregateContext, UpdateInput};
 use crate::tensors::{Schema, schema_of};
+use crate::update_check::check_schema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -550,6 +552,8 @@ impl Federation {
 
     /// A fully received update file (digest checked): validate it against the round and, if
     /// good, adopt it as a blob and mark the task done. A rejection is recorded in the round.
+    /// An upload that arrived whole: `checked` is what the stream check found (the header, or
+    /// why the bytes are not a model of finite values).
     pub async fn accept_update(
         &self,
         site: &str,
@@ -557,6 +561,7 @@ impl Federation {
         tmp: PathBuf,
         sha256: &str,
         upload_s: f64,
+        checked: Result<SafetensorsHeader, String>,
     ) -> Result<(), EngineError> {
         let _g = self.lock.lock().await;
         let id = TaskId::parse(&header.task_id).ok_or_else(|| {
@@ -569,25 +574,14 @@ impl Federation {
         let local = !job.plan.stages[id.stage].local.is_empty();
         let round = self.open_task(&mut job, &id, site)?;
         let expected = self.expected_schema(round, local)?;
-        let tmp_for_check = tmp.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            crate::tensors::validate_update(&tmp_for_check, expected.as_ref())
-        })
-        .await
-        .map_err(|e| EngineError::Io(e.to_string()))?;
         let reject = |job: &mut JobRecord, reason: String| -> Result<EngineError, EngineError> {
             let _ = std::fs::remove_file(&tmp);
-            if let Some(r) = job.stages[id.stage].rounds.last_mut() {
-                r.rejected.push(Rejection {
-                    site: site.to_string(),
-                    reason: reason.clone(),
-                    at: now_s(),
-                });
-            }
-            self.store.put_job(job)?;
-            tracing::warn!(site, task = %id, "update rejected: {reason}");
-            Ok(EngineError::Rejected(reason))
+            self.record_rejection(job, &id, site, reason)
         };
+        let checked = checked.and_then(|h| match &expected {
+            Some(e) => check_schema(&h, e).map(|()| h),
+            None => Ok(h),
+        });
         let header_ok = match checked {
             Ok(h) => h,
             Err(reason) => {
@@ -643,6 +637,49 @@ impl Federation {
         drop(_g);
         self.bump();
         self.tick().await
+    }
+
+    /// An upload refused before it arrived whole (its bytes already showed it is no valid
+    /// model): the round records why, as for any rejected update.
+    pub async fn reject_update(
+        &self,
+        site: &str,
+        task_id: &str,
+        reason: &str,
+    ) -> Result<EngineError, EngineError> {
+        let _g = self.lock.lock().await;
+        let id = TaskId::parse(task_id)
+            .ok_or_else(|| EngineError::Rejected(format!("malformed task id {task_id:?}")))?;
+        let mut job = self
+            .store
+            .job(&id.job)?
+            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        self.open_task(&mut job, &id, site)?;
+        self.record_rejection(
+            &mut job,
+            &id,
+            site,
+            format!("update for task {id}: {reason}"),
+        )
+    }
+
+    fn record_rejection(
+        &self,
+        job: &mut JobRecord,
+        id: &TaskId,
+        site: &str,
+        reason: String,
+    ) -> Result<EngineError, EngineError> {
+        if let Some(r) = job.stages[id.stage].rounds.last_mut() {
+            r.rejected.push(Rejection {
+                site: site.to_string(),
+                reason: reason.clone(),
+                at: now_s(),
+            });
+        }
+        self.store.put_job(job)?;
+        tracing::warn!(site, task = %id, "update rejected: {reason}");
+        Ok(EngineError::Rejected(reason))
     }
 
     pub async fn accept_report(

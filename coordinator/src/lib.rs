@@ -18,3 +18,4 @@ pub mod store;
 pub mod strategy;
 pub mod tensors;
 pub mod tls;
+pub mod update_check;

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::engine::{EngineError, Federation};
 use crate::pki::{Peer, Role, peer_from_der};
 use crate::report;
+use crate::update_check::StreamCheck;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -209,13 +210,23 @@ impl SiteService {
         let mut file = IncomingFile::create(&self.fed.blobs.incoming_dir(), header.size)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        let mut check = StreamCheck::new(header.size);
         let mut trailer = None;
         while let Some(part) = stream.next().await {
             // A broken stream drops `file`, which deletes the partial upload.
             match part?.part {
                 Some(Part::Chunk(bytes)) if trailer.is_none() => {
                     self.fed.counters.received(bytes.len());
-                    file.write(&bytes)
+                    check.feed(&bytes);
+                    if let Some(problem) = check.problem() {
+                        // Refused at the first bad byte; the rest is not waited for.
+                        let e = self
+                            .fed
+                            .reject_update(&site, &header.task_id, problem)
+                            .await;
+                        return Err(status_of(e.unwrap_or_else(|e| e)));
+                    }
+                    file.write(bytes)
                         .await
                         .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?
                 }
@@ -243,10 +254,22 @@ impl SiteService {
             .await
             .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
         let upload_s = started.elapsed().as_secs_f64();
-        self.fed
-            .accept_update(&site, &header, tmp, &digest, upload_s)
-            .await
-            .map_err(status_of)?;
+        let accepted = self
+            .fed
+            .accept_update(
+                &site,
+                &header,
+                tmp.clone(),
+                &digest,
+                upload_s,
+                check.finish(),
+            )
+            .await;
+        if accepted.is_err() {
+            // Refused updates are not kept (an accepted one was moved into the blob store).
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        accepted.map_err(status_of)?;
         Ok(Response::new(pb::UploadReply { sha256: digest }))
     }
 }

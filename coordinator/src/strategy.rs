@@ -147,6 +147,69 @@ fn writer(
     StreamWriter::create(&path, schema, meta).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Per-thread buffers of `weighted_mean`, kept across chunks.
+#[derive(Default)]
+struct Scratch {
+    acc: Vec<f64>,
+    vals: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+/// Below this many values a chunk is summed on the calling thread alone.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// `out` = the weighted mean of elements `start..start + out.len()` of tensor `name`. The
+/// range is split across threads; each element is still summed over the sites in the same
+/// order, so the result does not depend on the thread count.
+fn weighted_mean(
+    sources: &[Source],
+    updates: &[UpdateInput],
+    total: f64,
+    name: &str,
+    start: usize,
+    out: &mut [f32],
+    scratch: &mut [Scratch],
+) -> Result<(), String> {
+    let parts = if out.len() < PARALLEL_MIN {
+        1
+    } else {
+        scratch.len()
+    };
+    let per = out.len().div_ceil(parts).max(1);
+    let part = |first: usize, out: &mut [f32], s: &mut Scratch| -> Result<(), String> {
+        s.acc.clear();
+        s.acc.resize(out.len(), 0.0);
+        for (src, u) in sources.iter().zip(updates) {
+            src.read(name, first, out.len(), &mut s.vals, &mut s.bytes)?;
+            for (a, x) in s.acc.iter_mut().zip(&s.vals) {
+                *a += u.weight * f64::from(*x);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&s.acc) {
+            *o = (a / total) as f32;
+        }
+        Ok(())
+    };
+    if parts == 1 {
+        return match scratch.first_mut() {
+            Some(s) => part(start, out, s),
+            None => Err("no aggregation buffers".into()),
+        };
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = out
+            .chunks_mut(per)
+            .zip(scratch.iter_mut())
+            .enumerate()
+            .map(|(i, (o, s))| scope.spawn(move || part(start + i * per, o, s)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("aggregation thread panicked".into()))
+        })
+    })
+}
+
 /// The weighted mean of the updates, optionally followed by a server optimiser step from the
 /// previous global model; one pass over all files, `STREAM_ELEMENTS` values at a time.
 fn stream_mean(
@@ -201,25 +264,27 @@ fn stream_mean(
         )),
         None => None,
     };
-    let (mut vals, mut bytes) = (Vec::new(), Vec::new());
+    let mut bytes = Vec::new();
     let (mut prev, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
-    let mut acc: Vec<f64> = Vec::with_capacity(STREAM_ELEMENTS);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
     let mut out: Vec<f32> = Vec::with_capacity(STREAM_ELEMENTS);
     for (name, shape) in &schema {
         let len: usize = shape.iter().product();
         let mut start = 0;
         while start < len {
             let n = STREAM_ELEMENTS.min(len - start);
-            acc.clear();
-            acc.resize(n, 0.0);
-            for (src, u) in sources.iter().zip(ctx.updates) {
-                src.read(name, start, n, &mut vals, &mut bytes)?;
-                for (a, x) in acc.iter_mut().zip(&vals) {
-                    *a += u.weight * f64::from(*x);
-                }
-            }
             out.clear();
-            out.extend(acc.iter().map(|a| (a / total) as f32));
+            out.resize(n, 0.0);
+            weighted_mean(
+                &sources,
+                ctx.updates,
+                total,
+                name,
+                start,
+                &mut out,
+                &mut scratch,
+            )?;
             if let (Some(o), Some((mw, vw))) = (opt, moments_out.as_mut()) {
                 if let Some(p) = &previous {
                     p.read(name, start, n, &mut prev, &mut bytes)?;

@@ -1,14 +1,14 @@
-//! Models as the coordinator sees them: safetensors files of named f32 tensors. Updates are
-//! checked here before they may touch an aggregate, and files are read and written tensor by
-//! tensor in bounded chunks, so memory stays flat whatever the model size or site count.
+//! Models as the coordinator sees them: safetensors files of named f32 tensors, read and
+//! written tensor by tensor in bounded chunks, so memory stays flat whatever the model size or
+//! site count. (Updates are checked as they arrive: update_check.rs.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use fedseg_proto::safetensors::{SafetensorsHeader, TensorEntry, read_header};
+use fedseg_proto::safetensors::{SafetensorsHeader, TensorEntry};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -24,10 +24,6 @@ pub fn schema_of(header: &SafetensorsHeader) -> Schema {
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect()
-}
-
-fn io_err(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", path.display())
 }
 
 /// Reads `count` f32 values of `entry` starting at element `start`.
@@ -51,58 +47,6 @@ pub fn read_f32s(
     Ok(())
 }
 
-/// Checks a received model file: a safetensors header of F32 tensors, exactly the names and
-/// shapes of `expected` (when given), and only finite values. The error names the tensor.
-pub fn validate_update(
-    path: &Path,
-    expected: Option<&Schema>,
-) -> Result<SafetensorsHeader, String> {
-    let header = read_header(path).map_err(|e| e.to_string())?;
-    if header.tensors.is_empty() {
-        return Err("the file holds no tensors".into());
-    }
-    if let Some(expected) = expected {
-        let got = schema_of(&header);
-        let mut problems = Vec::new();
-        for (name, shape) in expected {
-            match got.get(name) {
-                None => problems.push(format!("missing tensor {name}")),
-                Some(s) if s != shape => {
-                    problems.push(format!("tensor {name}: shape {s:?}, expected {shape:?}"))
-                }
-                Some(_) => {}
-            }
-        }
-        for name in got.keys().filter(|n| !expected.contains_key(*n)) {
-            problems.push(format!("unexpected tensor {name}"));
-        }
-        if !problems.is_empty() {
-            problems.truncate(8);
-            return Err(problems.join("; "));
-        }
-    }
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let (mut values, mut bytes) = (Vec::new(), Vec::new());
-    for entry in &header.tensors {
-        let mut start = 0;
-        while start < entry.len() {
-            let n = STREAM_ELEMENTS.min(entry.len() - start);
-            read_f32s(&file, &header, entry, start, &mut values, &mut bytes, n)
-                .map_err(|e| io_err(path, e))?;
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(format!(
-                    "tensor {}: non-finite value {} at element {}",
-                    entry.name,
-                    values[i],
-                    start + i
-                ));
-            }
-            start += n;
-        }
-    }
-    Ok(header)
-}
-
 /// A finished file: where it is, its digest and size.
 #[derive(Debug, Clone)]
 pub struct WrittenFile {
@@ -112,12 +56,13 @@ pub struct WrittenFile {
 }
 
 /// Writes a safetensors file front to back: the header first (shapes are known), then the
-/// values as they are computed, hashing as it goes.
+/// values as they are computed. Hashing and writing run on a thread of their own, so the
+/// caller computes the next values meanwhile.
 pub struct StreamWriter {
     path: PathBuf,
-    out: BufWriter<File>,
-    hasher: Sha256,
-    size: u64,
+    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<std::io::Result<(File, String, u64)>>>,
 }
 
 impl StreamWriter {
@@ -144,36 +89,76 @@ impl StreamWriter {
         while header_bytes.len() % 8 != 0 {
             header_bytes.push(b' ');
         }
+        let file = File::create(path)?;
+        // Two buffers in flight: one being written while the next is filled.
+        let (full, incoming) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (recycle, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+        let worker = std::thread::spawn(move || {
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            for buf in incoming {
+                hasher.update(&buf);
+                file.write_all(&buf)?;
+                fedseg_proto::transfer::start_writeback(&file, size, buf.len());
+                size += buf.len() as u64;
+                // The caller may have finished already; then the buffer is simply dropped.
+                let _ = recycle.send(buf);
+            }
+            file.flush()?;
+            Ok((file, hex::encode(hasher.finalize()), size))
+        });
         let mut w = Self {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, File::create(path)?),
-            hasher: Sha256::new(),
-            size: 0,
+            full: Some(full),
+            empty,
+            worker: Some(worker),
         };
-        w.write_bytes(&(header_bytes.len() as u64).to_le_bytes())?;
-        w.write_bytes(&header_bytes)?;
+        let mut head = (header_bytes.len() as u64).to_le_bytes().to_vec();
+        head.extend_from_slice(&header_bytes);
+        w.send(head)?;
         Ok(w)
     }
 
-    fn write_bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(b);
-        self.size += b.len() as u64;
-        self.out.write_all(b)
+    fn send(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        let sent = self.full.as_ref().map(|tx| tx.send(buf).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The worker stopped: its error says why.
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(std::io::Error::other("writer thread stopped")),
+        }
+    }
+
+    fn join(&mut self) -> std::io::Result<(File, String, u64)> {
+        self.full = None;
+        match self.worker.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("writer thread panicked")),
+            None => Err(std::io::Error::other("writer already finished")),
+        }
     }
 
     pub fn write_f32s(&mut self, values: &[f32]) -> std::io::Result<()> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.write_bytes(&bytes)
+        let mut buf = self.empty.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.resize(values.len() * 4, 0);
+        for (b, v) in buf.chunks_exact_mut(4).zip(values) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        self.send(buf)
     }
 
     /// Flushes and fsyncs.
-    pub fn finish(self) -> std::io::Result<WrittenFile> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+    pub fn finish(mut self) -> std::io::Result<WrittenFile> {
+        let (file, sha256, size) = self.join()?;
         file.sync_all()?;
         Ok(WrittenFile {
-            path: self.path,
-            sha256: hex::encode(self.hasher.finalize()),
-            size: self.size,
+            path: std::mem::take(&mut self.path),
+            sha256,
+            size,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 /// Header size we accept; real headers of our models are a few tens of KB.
-const MAX_HEADER: u64 = 64 << 20;
+pub const MAX_HEADER: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Write;
+
+use tokio::io::AsyncReadExt;
 
 use crate::CHUNK_BYTES;
 
@@ -83,15 +85,37 @@ where
     }
 }
 
+/// Asks the kernel to start writing `len` bytes at `offset` to disk now, without waiting, so
+/// a later fsync finds little left to do: a model's bytes reach the disk while the rest is
+/// still arriving instead of all at once when the transfer ends.
+pub fn start_writeback(file: &std::fs::File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor belongs to `file`, open for the whole call; the call only
+        // schedules I/O and touches no memory of ours. A failure just means no head start.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// A file being received: chunks go to a temporary file beside the destination, hashed as
-/// they arrive; `finish` checks size and digest, fsyncs and renames. Dropped unfinished, the
-/// temporary file is removed, so a broken transfer leaves nothing behind.
+/// they arrive (on the blocking pool, so the network side keeps going); `finish` checks size
+/// and digest, fsyncs and renames. Dropped unfinished, the temporary file is removed, so a
+/// broken transfer leaves nothing behind.
 pub struct IncomingFile {
     tmp: PathBuf,
-    file: Option<tokio::fs::File>,
-    hasher: Sha256,
+    /// Taken while a chunk is being written; None afterwards only if that write failed.
+    open: Option<(std::fs::File, Sha256)>,
     received: u64,
     limit: u64,
+    finished: bool,
 }
 
 impl IncomingFile {
@@ -104,13 +128,15 @@ impl IncomingFile {
             .map_err(|source| TransferError::Io {
                 path: tmp.clone(),
                 source,
-            })?;
+            })?
+            .into_std()
+            .await;
         Ok(Self {
             tmp,
-            file: Some(file),
-            hasher: Sha256::new(),
+            open: Some((file, Sha256::new())),
             received: 0,
             limit,
+            finished: false,
         })
     }
 
@@ -118,7 +144,7 @@ impl IncomingFile {
         self.received
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), TransferError> {
+    pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), TransferError> {
         if chunk.len() > crate::CHUNK_BYTES * 2 {
             return Err(TransferError::Invalid(format!(
                 "chunk of {} bytes exceeds the {} byte limit",
@@ -126,6 +152,7 @@ impl IncomingFile {
                 crate::CHUNK_BYTES * 2
             )));
         }
+        let offset = self.received;
         self.received += chunk.len() as u64;
         if self.received > self.limit {
             return Err(TransferError::Invalid(format!(
@@ -133,15 +160,23 @@ impl IncomingFile {
                 self.limit
             )));
         }
-        self.hasher.update(chunk);
-        let tmp = self.tmp.clone();
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| TransferError::Invalid("file already finished".into()))?;
-        file.write_all(chunk)
-            .await
-            .map_err(|source| TransferError::Io { path: tmp, source })
+        let (mut file, mut hasher) = self
+            .open
+            .take()
+            .ok_or_else(|| TransferError::Invalid("an earlier write failed".into()))?;
+        let written = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            file.write_all(&chunk)?;
+            start_writeback(&file, offset, chunk.len());
+            Ok::<_, std::io::Error>((file, hasher))
+        })
+        .await
+        .map_err(|e| TransferError::Invalid(format!("writer task: {e}")))?;
+        self.open = Some(written.map_err(|source| TransferError::Io {
+            path: self.tmp.clone(),
+            source,
+        })?);
+        Ok(())
     }
 
     /// Checks the byte count and digest, then moves the file to `dest` atomically.
@@ -158,7 +193,11 @@ impl IncomingFile {
                 self.received
             )));
         }
-        let digest = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let (file, hasher) = self
+            .open
+            .take()
+            .ok_or_else(|| TransferError::Invalid("an earlier write failed".into()))?;
+        let digest = hex::encode(hasher.finalize());
         if let Some(expected) = expected_sha256
             && !expected.eq_ignore_ascii_case(&digest)
         {
@@ -170,20 +209,21 @@ impl IncomingFile {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(mut file) = self.file.take() {
-            file.flush().await.map_err(|e| io(&self.tmp, e))?;
-            file.sync_all().await.map_err(|e| io(&self.tmp, e))?;
-        }
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| TransferError::Invalid(format!("writer task: {e}")))?
+            .map_err(|e| io(&self.tmp, e))?;
         tokio::fs::rename(&self.tmp, dest)
             .await
             .map_err(|e| io(dest, e))?;
+        self.finished = true;
         Ok(digest)
     }
 }
 
 impl Drop for IncomingFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.finished {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

@@ -4,8 +4,11 @@
 //! minus the slowest site's training (zero here), (b) the coordinator's peak RSS, (c) model
 //! transfer throughput next to raw loopback TCP on the same machine.
 //!
-//! `cargo bench -p fedseg-tests --bench round_overhead -- [PARAMS_MILLIONS] [SITES...]`
-//! (default: 35 M parameters, 4 and 16 sites, 2 rounds each).
+//! `cargo build --release -p coordinator && FEDSEG_BIN_DIR=$PWD/target/release \
+//!  cargo bench -p fedseg-tests --bench round_overhead -- [PARAMS_MILLIONS] [SITES...]`
+//! (default: 35 M parameters, 4 and 16 sites, 2 rounds each). Without FEDSEG_BIN_DIR it
+//! measures the debug-profile coordinator the tests use. FEDSEG_BENCH_STATUS=1 also prints
+//! each job's status and the coordinator's log.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -94,7 +97,7 @@ async fn fake_site(
         }
         site.upload(
             &task.task_id,
-            model.as_ref().clone(),
+            Arc::clone(&model),
             100,
             UploadFaults::default(),
         )
@@ -141,6 +144,7 @@ fn main() {
     } else {
         vec![4, 16]
     };
+    println!("coordinator: {}", fedseg_tests::binaries().0.display());
     let model = Arc::new(model_bytes(params));
     println!(
         "model: {} parameters, {:.1} MB; {ROUNDS} rounds per run",
@@ -182,6 +186,9 @@ fn main() {
         });
         let status = fed.wait_job(&job, Duration::from_secs(1800));
         assert_eq!(status.job.state, JobState::Done, "{}", status.render());
+        if std::env::var_os("FEDSEG_BENCH_STATUS").is_some() {
+            println!("{}\n{}", status.render(), fed.log("coordinator"));
+        }
         let rss = peak_rss_mib(pid);
         let cpu = cpu_seconds(pid) - cpu_before;
         for r in &status.stages[1].rounds {

@@ -24,11 +24,18 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        let bins = (
-            target.join("debug/coordinator"),
-            target.join("debug/site-agent"),
-        );
-        if !bins.0.is_file() || !bins.1.is_file() {
+        // Benchmarks measure release builds: FEDSEG_BIN_DIR=target/release.
+        let dir = std::env::var_os("FEDSEG_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target.join("debug"));
+        let bins = (dir.join("coordinator"), dir.join("site-agent"));
+        // A binary older than its code would test yesterday's program: rebuild.
+        let stale = |bin: &Path, crate_dir: &str| {
+            let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+            built.is_none_or(|t| newest_source(&[crate_dir, "proto/src", "proto/proto"]) > Some(t))
+        };
+        let stale = stale(&bins.0, "coordinator/src") || stale(&bins.1, "site-agent/src");
+        if stale && std::env::var_os("FEDSEG_BIN_DIR").is_none() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .args(["test", "--workspace", "--no-run", "--quiet"])
@@ -38,6 +45,29 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
         }
         bins
     })
+}
+
+/// When a file under these folders (relative to the workspace) last changed.
+fn newest_source(dirs: &[&str]) -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, newest);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(t));
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest = None;
+    for dir in dirs {
+        walk(&root.join(dir), &mut newest);
+    }
+    newest
 }
 
 pub fn free_port() -> u16 {
@@ -397,40 +427,44 @@ impl FakeSite {
     pub async fn upload(
         &mut self,
         task_id: &str,
-        bytes: Vec<u8>,
+        bytes: impl Into<std::sync::Arc<Vec<u8>>>,
         samples: u64,
         faults: UploadFaults,
     ) -> Result<String, tonic::Status> {
         use fedseg_proto::pb::{self, upload_part::Part};
         use sha2::Digest;
+        let bytes: std::sync::Arc<Vec<u8>> = bytes.into();
         let digest = faults
             .digest
             .clone()
-            .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(&bytes)));
+            .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(bytes.as_slice())));
         let header = pb::UploadHeader {
             task_id: task_id.to_string(),
             size: faults.announce.unwrap_or(bytes.len() as u64),
             sample_count: samples,
             ..Default::default()
         };
-        let mut parts = vec![pb::UploadPart {
+        // The body is the bytes, then `extra` zeros, cut at `stop_after`; chunks are made as
+        // they are sent, as an agent reads its file, so a large model is not held twice.
+        let total = bytes.len() + faults.extra;
+        let body = faults.stop_after.unwrap_or(total).min(total);
+        let chunk = fedseg_proto::CHUNK_BYTES;
+        let chunks = (0..body.div_ceil(chunk)).map(move |i| {
+            let (from, to) = (i * chunk, ((i + 1) * chunk).min(body));
+            let mut c = bytes[from.min(bytes.len())..to.min(bytes.len())].to_vec();
+            c.resize(to - from, 0);
+            pb::UploadPart {
+                part: Some(Part::Chunk(c)),
+            }
+        });
+        let trailer = faults.stop_after.is_none().then_some(pb::UploadPart {
+            part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })),
+        });
+        let parts = std::iter::once(pb::UploadPart {
             part: Some(Part::Header(header)),
-        }];
-        let mut body = bytes;
-        body.extend(std::iter::repeat_n(0u8, faults.extra));
-        if let Some(n) = faults.stop_after {
-            body.truncate(n);
-        }
-        for c in body.chunks(fedseg_proto::CHUNK_BYTES) {
-            parts.push(pb::UploadPart {
-                part: Some(Part::Chunk(c.to_vec())),
-            });
-        }
-        if faults.stop_after.is_none() {
-            parts.push(pb::UploadPart {
-                part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })),
-            });
-        }
+        })
+        .chain(chunks)
+        .chain(trailer);
         self.client
             .upload_update(tokio_stream::iter(parts))
             .await

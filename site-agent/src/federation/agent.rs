@@ -331,7 +331,7 @@ impl Agent {
             .into_inner();
         let mut file = IncomingFile::create(&self.bench.work_dir.join("models"), m.size).await?;
         while let Some(chunk) = stream.message().await? {
-            file.write(&chunk.data).await?;
+            file.write(chunk.data).await?;
         }
         file.finish(m.size, Some(&m.sha256), &dest).await?;
         Ok(dest)
