@@ -28,5 +28,5 @@ pub const WINDOW_BYTES: u32 = 32 << 20;
 /// The coordinator's receive windows: what each connected site may have buffered in the
 /// coordinator at once. Small enough that memory stays flat as sites grow, still far above
 /// the bandwidth-delay product of a hospital's uplink.
-pub const SERVER_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const SERVER_STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const SERVER_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
