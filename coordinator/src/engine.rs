@@ -530,14 +530,20 @@ impl Federation {
         self.blob_schema(&self.model_ref(version)?.sha256)
     }
 
-    /// Called when an upload's header arrives: is this update wanted at all?
-    pub fn check_upload(&self, task_id: &str, site: &str) -> Result<(), EngineError> {
+    /// The task a site names, and its job as stored.
+    fn task_job(&self, task_id: &str) -> Result<(TaskId, JobRecord), EngineError> {
         let id = TaskId::parse(task_id)
             .ok_or_else(|| EngineError::Rejected(format!("malformed task id {task_id:?}")))?;
-        let mut job = self
+        let job = self
             .store
             .job(&id.job)?
             .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        Ok((id, job))
+    }
+
+    /// Called when an upload's header arrives: is this update wanted at all?
+    pub fn check_upload(&self, task_id: &str, site: &str) -> Result<(), EngineError> {
+        let (id, mut job) = self.task_job(task_id)?;
         self.open_task(&mut job, &id, site)?;
         if matches!(
             job.plan.stages[id.stage].kind,
@@ -564,13 +570,7 @@ impl Federation {
         checked: Result<SafetensorsHeader, String>,
     ) -> Result<(), EngineError> {
         let _g = self.lock.lock().await;
-        let id = TaskId::parse(&header.task_id).ok_or_else(|| {
-            EngineError::Rejected(format!("malformed task id {:?}", header.task_id))
-        })?;
-        let mut job = self
-            .store
-            .job(&id.job)?
-            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let (id, mut job) = self.task_job(&header.task_id)?;
         let local = !job.plan.stages[id.stage].local.is_empty();
         let round = self.open_task(&mut job, &id, site)?;
         let expected = self.expected_schema(round, local)?;
@@ -648,12 +648,7 @@ impl Federation {
         reason: &str,
     ) -> Result<EngineError, EngineError> {
         let _g = self.lock.lock().await;
-        let id = TaskId::parse(task_id)
-            .ok_or_else(|| EngineError::Rejected(format!("malformed task id {task_id:?}")))?;
-        let mut job = self
-            .store
-            .job(&id.job)?
-            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let (id, mut job) = self.task_job(task_id)?;
         self.open_task(&mut job, &id, site)?;
         self.record_rejection(
             &mut job,
@@ -688,13 +683,7 @@ impl Federation {
         report: pb::ReportRequest,
     ) -> Result<(), EngineError> {
         let _g = self.lock.lock().await;
-        let id = TaskId::parse(&report.task_id).ok_or_else(|| {
-            EngineError::Rejected(format!("malformed task id {:?}", report.task_id))
-        })?;
-        let mut job = self
-            .store
-            .job(&id.job)?
-            .ok_or_else(|| EngineError::Rejected(format!("no job {}", id.job)))?;
+        let (id, mut job) = self.task_job(&report.task_id)?;
         let kind = job.plan.stages.get(id.stage).map(|s| s.kind);
         // Stage name → the `models` entry it answers (a `{site}` template keeps one column).
         let stage_models: BTreeMap<String, String> = job
