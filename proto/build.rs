@@ -5,6 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/fedseg.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/fedseg.proto"], &["proto"])?;
+    // Model chunks as `Bytes`: a received chunk is then a slice of the receive buffer, not a
+    // copy of it (hundreds of MB per round).
+    tonic_prost_build::configure()
+        .bytes(".fedseg.v1.Chunk.data")
+        .bytes(".fedseg.v1.UploadPart.chunk")
+        .compile_protos(&["proto/fedseg.proto"], &["proto"])?;
     Ok(())
 }

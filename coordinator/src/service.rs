@@ -285,7 +285,7 @@ fn stream_blob(
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let err_tx = tx.clone();
-        if let Err(e) = send_file(&path, tx, |data| pb::Chunk { data }).await {
+        if let Err(e) = send_file(&path, tx, |data| pb::Chunk { data: data.into() }).await {
             let _ = err_tx.send(Err(Status::internal(e.to_string()))).await;
         }
         drop(permit);

@@ -454,7 +454,7 @@ impl FakeSite {
             let mut c = bytes[from.min(bytes.len())..to.min(bytes.len())].to_vec();
             c.resize(to - from, 0);
             pb::UploadPart {
-                part: Some(Part::Chunk(c)),
+                part: Some(Part::Chunk(c.into())),
             }
         });
         let trailer = faults.stop_after.is_none().then_some(pb::UploadPart {

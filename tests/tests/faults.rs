@@ -211,7 +211,7 @@ fn an_upload_cut_off_mid_stream_leaves_nothing_and_can_be_retried() {
         .expect("send");
         for c in big.chunks(fedseg_proto::CHUNK_BYTES).take(8) {
             tx.send(pb::UploadPart {
-                part: Some(Part::Chunk(c.to_vec())),
+                part: Some(Part::Chunk(c.to_vec().into())),
             })
             .await
             .expect("send");

@@ -354,7 +354,7 @@ impl Agent {
                 .map_err(|_| AgentError::Local("upload channel closed".into()))?;
                 let sender = tokio::spawn(async move {
                     let sent = send_file(&file, tx.clone(), |data| pb::UploadPart {
-                        part: Some(Part::Chunk(data)),
+                        part: Some(Part::Chunk(data.into())),
                     })
                     .await;
                     if sent.is_ok() {

@@ -106,6 +106,10 @@ struct CheckpointState {
 
 /// Builds the model for a config on a device, seeded, with stable parameter ids.
 pub fn build_model(unet: &UNetConfig, seed: u64, device: &Device) -> UNet {
+    // The backend's generator is process-wide: two threads seeding and drawing at once would
+    // interleave their draws, and the same seed would not give the same weights.
+    static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
     device.seed(seed);
     with_stable_ids(unet.init(device))
 }
