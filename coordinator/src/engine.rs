@@ -574,8 +574,8 @@ impl Federation {
         let local = !job.plan.stages[id.stage].local.is_empty();
         let round = self.open_task(&mut job, &id, site)?;
         let expected = self.expected_schema(round, local)?;
+        // The caller deletes `tmp` whenever this returns an error.
         let reject = |job: &mut JobRecord, reason: String| -> Result<EngineError, EngineError> {
-            let _ = std::fs::remove_file(&tmp);
             self.record_rejection(job, &id, site, reason)
         };
         let checked = checked.and_then(|h| match &expected {
