@@ -71,17 +71,8 @@ where
         // Whole chunks read straight into the buffer that is sent (tokio's File would read
         // in 2 MiB pieces through a buffer of its own): fewer, larger messages, one copy.
         let (file, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match f.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.truncate(filled);
+            let mut buf = Vec::with_capacity(CHUNK_BYTES);
+            (&mut f).take(CHUNK_BYTES as u64).read_to_end(&mut buf)?;
             Ok((f, buf))
         })
         .await
