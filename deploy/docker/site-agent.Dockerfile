@@ -1,5 +1,4 @@
-# The site agent, CPU build (burn's flex backend). A CUDA variant waits for the `cuda`
-# feature, which is blocked: burn 0.22's CUDA backend downloads LLVM while building.
+# The site agent, CPU build (burn's flex backend). For a GPU: site-agent-cuda.Dockerfile.
 #   docker build -f deploy/docker/site-agent.Dockerfile -t fedseg-site-agent .
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src

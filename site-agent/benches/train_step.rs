@@ -1,7 +1,9 @@
-//! Training-step benchmark of the U-Net on the CPU (flex) backend: seconds per step, slices/s
-//! and peak memory, for comparison with `tools/pytorch_unet_bench.py` on the same machine.
+//! Training-step benchmark of the U-Net: seconds per step, slices/s and peak memory, for
+//! comparison with `tools/pytorch_unet_bench.py` on the same machine.
 //!
-//! `cargo bench -p site-agent --bench train_step -- [cpu|paper|tiny] [BATCH] [SIZE] [STEPS]`
+//! `cargo bench -p site-agent --bench train_step -- [cpu|paper|tiny] [BATCH] [SIZE] [STEPS] [cpu|cuda]`
+//! (`cuda` needs `--features cuda`; peak GPU memory is read outside, e.g. by nvidia-smi, as the
+//! process RSS says nothing about it).
 
 use std::time::Instant;
 
@@ -40,9 +42,14 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(8);
     let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let device_kind = match args.get(4).map(String::as_str) {
+        None | Some("cpu") => DeviceKind::Cpu,
+        Some("cuda") => DeviceKind::Cuda,
+        Some(other) => anyhow::bail!("unknown device {other}: cpu or cuda"),
+    };
     unet.validate(size).map_err(anyhow::Error::msg)?;
 
-    let device = device_for(DeviceKind::Cpu)?.autodiff();
+    let device = device_for(device_kind)?.autodiff();
     let mut model = build_model(&unet, 0, &device);
     let params = param_count(&model);
     let mut optim = AdamConfig::new().init();
@@ -61,7 +68,12 @@ fn main() -> anyhow::Result<()> {
             data: (0..size * size).map(|_| rng.random_range(0..3u8)).collect(),
         })
         .collect();
-    let warmup = 2;
+    // A GPU compiles and autotunes its kernels over the first steps.
+    let warmup = if device_kind == DeviceKind::Cuda {
+        10
+    } else {
+        2
+    };
     let mut times = Vec::new();
     for step in 0..warmup + steps {
         let t = Instant::now();
@@ -70,14 +82,19 @@ fn main() -> anyhow::Result<()> {
         let loss = deep_supervision_loss(model.forward(x), tg);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
+        // GPU work is queued: wait for it, or the step time measures only the queueing.
+        device.sync()?;
+        let seconds = t.elapsed().as_secs_f64();
+        // Each step as it ends: a run stopped early (a GPU still autotuning) still tells.
+        eprintln!("step {step}: {seconds:.3} s");
         if step >= warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(seconds);
         }
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "burn flex {model_name} params={params} batch={batch} size={size} step_min={:.3}s step_median={median:.3}s \
+        "burn {device_kind:?} {model_name} params={params} batch={batch} size={size} step_min={:.3}s step_median={median:.3}s \
          slices_per_s={:.1} peak_rss_mib={:.0}",
         times[0],
         batch as f64 / median,

@@ -26,9 +26,13 @@ pub fn train(
     model: Option<String>,
     out: PathBuf,
     checkpoint: Option<PathBuf>,
+    device: Option<DeviceKind>,
     json: bool,
 ) -> Result<i32> {
     let mut cfg = SiteConfig::load(&config)?;
+    if let Some(d) = device {
+        cfg.train.device = d;
+    }
     if let Some(e) = epochs {
         cfg.train.epochs = e;
     }
@@ -39,6 +43,8 @@ pub fn train(
     cfg.train
         .validate(cfg.preprocess.size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    // A device this build lacks is refused before the data is read.
+    device_for(cfg.train.device)?;
     let unet = cfg.train.unet().map_err(anyhow::Error::msg)?;
     let set = TrainableSet::parse(&trainable, unet.levels)
         .map_err(|e| anyhow::anyhow!("--trainable: {e}"))?;
@@ -49,11 +55,7 @@ pub fn train(
     for p in &site.problems {
         eprintln!("skipped: {p}");
     }
-    let param_count = param_count(&build_model(
-        &unet,
-        0,
-        &fedseg_site::train::device_for(DeviceKind::Cpu)?,
-    ));
+    let param_count = param_count(&build_model(&unet, 0, &device_for(DeviceKind::Cpu)?));
     eprintln!(
         "training {} at {}: {} train / {} val subjects ({} / {} slices), {param_count} parameters, trainable: {set}",
         cfg.train.model,
@@ -124,15 +126,20 @@ fn load_reference(path: Option<PathBuf>) -> Result<Option<HistogramReference>> {
     Ok(path.map(|p| HistogramReference::load(&p)).transpose()?)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     config: PathBuf,
     weights: PathBuf,
     hist_ref: Option<PathBuf>,
     csv: Option<PathBuf>,
     part: Part,
+    device: Option<DeviceKind>,
     json: bool,
 ) -> Result<i32> {
-    let cfg = SiteConfig::load(&config)?;
+    let mut cfg = SiteConfig::load(&config)?;
+    if let Some(d) = device {
+        cfg.train.device = d;
+    }
     let device = device_for(cfg.train.device)?;
     let fallback = cfg.train.unet().map_err(anyhow::Error::msg)?;
     let (model, _) = model_from_weights(&weights, &fallback, Some(cfg.preprocess.size), &device)?;
@@ -178,8 +185,9 @@ pub fn predict(
     input: PathBuf,
     output: PathBuf,
     hist_ref: Option<PathBuf>,
+    device: DeviceKind,
 ) -> Result<i32> {
-    let device = device_for(DeviceKind::Cpu)?;
+    let device = device_for(device)?;
     let (model, pre) = model_from_weights(&weights, &UNetConfig::cpu(), None, &device)?;
     let pre = pre.unwrap_or_default();
     let reference = load_reference(hist_ref)?;

@@ -8,6 +8,7 @@ use fedseg_site::data::{Part, SiteConfig};
 
 mod commands;
 use fedseg_site::synth::{Modality, SynthOptions, synthesize};
+use fedseg_site::train::DeviceKind;
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +82,9 @@ enum Command {
         /// Checkpoint folder (default: OUT.ckpt); a run started again resumes from it.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Where to compute: overrides the config's train.device (`cuda` needs the cuda build).
+        #[arg(long, value_enum)]
+        device: Option<DeviceKind>,
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +102,9 @@ enum Command {
         /// Which split to score.
         #[arg(long, value_enum, default_value = "test")]
         part: PartArg,
+        /// Where to compute: overrides the config's train.device (`cuda` needs the cuda build).
+        #[arg(long, value_enum)]
+        device: Option<DeviceKind>,
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +119,9 @@ enum Command {
         output: PathBuf,
         #[arg(long)]
         hist_ref: Option<PathBuf>,
+        /// Where to compute: overrides the config's train.device (`cuda` needs the cuda build).
+        #[arg(long, value_enum)]
+        device: Option<DeviceKind>,
     },
     /// Compute the site's histogram-matching reference (quantiles of its normalised training
     /// intensities) and write it as JSON: a statistic, no image.
@@ -255,9 +265,10 @@ fn run(cli: Cli) -> Result<i32> {
             model,
             out,
             checkpoint,
+            device,
             json,
         } => commands::train(
-            config, init, trainable, epochs, model, out, checkpoint, json,
+            config, init, trainable, epochs, model, out, checkpoint, device, json,
         ),
         Command::Evaluate {
             config,
@@ -265,6 +276,7 @@ fn run(cli: Cli) -> Result<i32> {
             hist_ref,
             csv,
             part,
+            device,
             json,
         } => {
             let part = match part {
@@ -272,14 +284,15 @@ fn run(cli: Cli) -> Result<i32> {
                 PartArg::Val => Part::Val,
                 PartArg::Test => Part::Test,
             };
-            commands::evaluate(config, weights, hist_ref, csv, part, json)
+            commands::evaluate(config, weights, hist_ref, csv, part, device, json)
         }
         Command::Predict {
             weights,
             input,
             output,
             hist_ref,
-        } => commands::predict(weights, input, output, hist_ref),
+            device,
+        } => commands::predict(weights, input, output, hist_ref, device.unwrap_or_default()),
         Command::Run { config } => {
             let cfg = SiteConfig::load(&config)?;
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -213,6 +213,7 @@ fn dockerfiles_build_the_binaries_they_run() {
     for (file, bin) in [
         ("docker/coordinator.Dockerfile", "coordinator"),
         ("docker/site-agent.Dockerfile", "site-agent"),
+        ("docker/site-agent-cuda.Dockerfile", "site-agent"),
     ] {
         let text = read(file);
         assert!(text.contains("AS builder"), "{file}: multi-stage");
@@ -229,6 +230,20 @@ fn dockerfiles_build_the_binaries_they_run() {
         );
         assert!(text.contains("USER fedseg"), "{file}: not root");
     }
+    let cuda = read("docker/site-agent-cuda.Dockerfile");
+    assert!(
+        cuda.contains("--features cuda"),
+        "the CUDA image builds the cuda feature"
+    );
+    assert!(
+        cuda.contains("-runtime-"),
+        "the CUDA image runs on a CUDA runtime image (NVRTC compiles the kernels)"
+    );
+    let gpu_manifest = read("k8s/site-agent-gpu.yaml");
+    assert!(
+        gpu_manifest.contains("fedseg-site-agent:cuda"),
+        "the GPU manifest runs the CUDA image"
+    );
 }
 
 #[test]

@@ -51,8 +51,13 @@ pub enum TrainError {
 pub fn device_for(kind: DeviceKind) -> Result<Device, TrainError> {
     match kind {
         DeviceKind::Cpu => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(TrainError::Config(
-            "train.device = \"cuda\" needs a build with the cuda feature, which is not available yet".into(),
+            "train.device = \"cuda\" needs a site agent built with the cuda feature \
+             (cargo build --release -p site-agent --features cuda)"
+                .into(),
         )),
     }
 }
