@@ -226,3 +226,25 @@ fn train_evaluate_and_predict_commands() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("another architecture"));
 }
+
+/// A CPU build asked for the GPU says which build it needs, before any training starts.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cpu_build_asked_for_cuda_names_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_site(dir.path());
+    let weights = dir.path().join("w.safetensors");
+    let o = site_agent(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--features cuda"), "{stderr}");
+    assert!(!weights.exists(), "nothing trained");
+}
