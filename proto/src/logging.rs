@@ -1,9 +1,13 @@
-//! Log setup shared by both binaries: `RUST_LOG` filters (default `info`), and
+//! Log setup shared by both binaries: `RUST_LOG` filters (default `info`, with the GPU
+//! backend's crates at `warn`: CubeCL logs every kernel it autotunes at `info`), and
 //! `FEDSEG_LOG_FORMAT=json` switches to one JSON object per line for log collectors
 //! (journald, Loki, Elasticsearch) instead of text for people.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+
+/// `cubecl` matches every `cubecl_*` target (a directive's target is a prefix).
+const DEFAULT_FILTER: &str = "info,cubecl=warn";
 
 pub fn json_requested() -> bool {
     std::env::var("FEDSEG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
@@ -22,7 +26,8 @@ pub fn init<W>(writer: W, ansi: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
