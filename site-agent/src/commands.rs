@@ -29,10 +29,7 @@ pub fn train(
     device: Option<DeviceKind>,
     json: bool,
 ) -> Result<i32> {
-    let mut cfg = SiteConfig::load(&config)?;
-    if let Some(d) = device {
-        cfg.train.device = d;
-    }
+    let mut cfg = load_config(&config, device)?;
     if let Some(e) = epochs {
         cfg.train.epochs = e;
     }
@@ -122,6 +119,15 @@ fn model_from_weights(
     Ok((model, pre))
 }
 
+/// A site config, with `--device` (when given) in place of its `train.device`.
+fn load_config(path: &Path, device: Option<DeviceKind>) -> Result<SiteConfig> {
+    let mut cfg = SiteConfig::load(path)?;
+    if let Some(d) = device {
+        cfg.train.device = d;
+    }
+    Ok(cfg)
+}
+
 fn load_reference(path: Option<PathBuf>) -> Result<Option<HistogramReference>> {
     Ok(path.map(|p| HistogramReference::load(&p)).transpose()?)
 }
@@ -136,10 +142,7 @@ pub fn evaluate(
     device: Option<DeviceKind>,
     json: bool,
 ) -> Result<i32> {
-    let mut cfg = SiteConfig::load(&config)?;
-    if let Some(d) = device {
-        cfg.train.device = d;
-    }
+    let cfg = load_config(&config, device)?;
     let device = device_for(cfg.train.device)?;
     let fallback = cfg.train.unet().map_err(anyhow::Error::msg)?;
     let (model, _) = model_from_weights(&weights, &fallback, Some(cfg.preprocess.size), &device)?;
