@@ -1,11 +1,34 @@
 //! Model blobs: safetensors files named by the SHA-256 of their bytes, written atomically
 //! (temporary file, fsync, rename), so a crash leaves either the whole file or none.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Digests adopted by uploads not yet accepted or refused, with how many: such a blob
+    /// may be about to be referenced, so it is never deleted as unused.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// An upload's claim on the blob it adopted, released when dropped.
+pub struct InFlight {
+    digest: String,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl BlobStore {
@@ -17,6 +40,7 @@ impl BlobStore {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -31,6 +55,36 @@ impl BlobStore {
     /// Where transfers and aggregations write before their digest is known.
     pub fn incoming_dir(&self) -> PathBuf {
         self.dir.join("incoming")
+    }
+
+    /// Frees the page cache a blob holds (see `release_page_cache`); for blobs the round
+    /// just finished reading. Best effort: a missing file is no error here.
+    pub fn release_cache(&self, sha256: &str) {
+        if let Ok(f) = std::fs::File::open(self.path(sha256)) {
+            fedseg_proto::transfer::release_page_cache(&f);
+        }
+    }
+
+    /// `adopt` for an upload that is accepted or refused afterwards: while the returned claim
+    /// lives, `in_flight` says the blob may still become referenced.
+    pub fn adopt_shared(&self, tmp: &Path, sha256: &str) -> std::io::Result<InFlight> {
+        let claim = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(sha256.to_string()).or_default() += 1;
+            InFlight {
+                digest: sha256.to_string(),
+                in_flight: Arc::clone(&self.in_flight),
+            }
+        };
+        self.adopt(tmp, sha256)?;
+        Ok(claim)
+    }
+
+    pub fn in_flight(&self, sha256: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(sha256)
     }
 
     /// Moves a finished temporary file under its digest's name.

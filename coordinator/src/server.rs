@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedseg_proto::pb::{admin_server::AdminServer, site_server::SiteServer};
-use fedseg_proto::{MAX_MESSAGE_BYTES, SERVER_CONNECTION_WINDOW_BYTES, SERVER_STREAM_WINDOW_BYTES};
+use fedseg_proto::{
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, SERVER_CONNECTION_WINDOW_BYTES, SERVER_STREAM_WINDOW_BYTES,
+};
 
 use crate::config::CoordinatorConfig;
 use crate::engine::Federation;
@@ -109,6 +111,7 @@ pub async fn serve_bound(
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(SERVER_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(SERVER_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

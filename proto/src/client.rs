@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::WINDOW_BYTES;
+use crate::{MAX_FRAME_BYTES, WINDOW_BYTES};
 
 /// Where a party of the federation finds the coordinator and its own PEM files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,7 +91,8 @@ impl FederationEndpoint {
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
             .initial_stream_window_size(WINDOW_BYTES)
-            .initial_connection_window_size(WINDOW_BYTES);
+            .initial_connection_window_size(WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES);
         endpoint
             .connect()
             .await

@@ -30,3 +30,6 @@ pub const WINDOW_BYTES: u32 = 32 << 20;
 /// the bandwidth-delay product of a hospital's uplink.
 pub const SERVER_STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const SERVER_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// Largest HTTP/2 DATA frame either end accepts (the protocol default is 16 KiB): a 4 MiB
+/// chunk then crosses in a few frames instead of 256, each with its flow-control bookkeeping.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;

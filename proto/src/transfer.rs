@@ -109,6 +109,25 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: usize) {
     let _ = (file, offset, len);
 }
 
+/// Tells the kernel this file's cached pages will not be read again soon, so they are freed
+/// now instead of pushing out other data. A coordinator writes every update once and reads it
+/// once; dropping those pages after aggregation gives the next round's writes recently used
+/// memory (on a VM, writing into long-idle memory measured 5x slower). Clean pages only: call
+/// after the data is on disk. A failure just leaves the pages cached.
+pub fn release_page_cache(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to `file`, open for the whole call; the call touches
+        // no memory of ours.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
 /// A file being received: chunks go to a temporary file beside the destination, hashed as
 /// they arrive (on the blocking pool, so the network side keeps going); `finish` checks size
 /// and digest, fsyncs and renames. Dropped unfinished, the temporary file is removed, so a
