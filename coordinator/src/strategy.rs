@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use fedseg_proto::pb::TrainSpec;
 use fedseg_proto::safetensors::{SafetensorsHeader, read_header};
 
 use crate::plan::{Stage, StrategyKind};
-use crate::tensors::{STREAM_ELEMENTS, StreamWriter, WrittenFile, read_f32s};
+use crate::tensors::{STREAM_ELEMENTS, StreamWriter, WrittenFile};
 
 /// One accepted update.
 pub struct UpdateInput {
@@ -103,6 +104,7 @@ impl Strategy for FedOpt {
     }
 }
 
+/// A model file read in small blocks at known offsets.
 struct Source {
     file: File,
     header: SafetensorsHeader,
@@ -120,22 +122,34 @@ impl Source {
         })
     }
 
-    fn read(
-        &self,
-        name: &str,
-        start: usize,
-        n: usize,
-        out: &mut Vec<f32>,
-        bytes: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    /// Byte offset of element `start` of tensor `name`.
+    fn offset(&self, name: &str, start: usize) -> Result<u64, String> {
         let entry = self
             .header
             .tensors
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| format!("{}: no tensor {name}", self.path.display()))?;
-        read_f32s(&self.file, &self.header, entry, start, out, bytes, n)
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+        Ok(self.header.data_start + entry.begin + start as u64 * 4)
+    }
+
+    /// Fills `buf` with the bytes at `offset` (from `offset`).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| format!("{}: reading at byte {offset}: {e}", self.path.display()))
+    }
+
+    fn read(&self, name: &str, start: usize, n: usize, out: &mut Vec<f32>) -> Result<(), String> {
+        let mut bytes = vec![0u8; n * 4];
+        self.read_at(self.offset(name, start)?, &mut bytes)?;
+        out.clear();
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(())
     }
 }
 
@@ -147,16 +161,13 @@ fn writer(
     StreamWriter::create(&path, schema, meta).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Per-thread buffers of `weighted_mean`, kept across chunks.
-#[derive(Default)]
-struct Scratch {
-    acc: Vec<f64>,
-    vals: Vec<f32>,
-    bytes: Vec<u8>,
-}
-
 /// Below this many values a chunk is summed on the calling thread alone.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// Values summed at a time: the f64 partial sums and each source's block stay in the L1/L2
+/// caches while every source is added in. (Reading 4 MiB per source and summing into an f64
+/// array of 1 M values, larger than the caches, took 0.45-0.5 s for 4 updates of 35 M values.)
+const BLOCK: usize = 8192;
 
 /// `out` = the weighted mean of elements `start..start + out.len()` of tensor `name`. The
 /// range is split across threads; each element is still summed over the sites in the same
@@ -168,40 +179,45 @@ fn weighted_mean(
     name: &str,
     start: usize,
     out: &mut [f32],
-    scratch: &mut [Scratch],
+    threads: usize,
 ) -> Result<(), String> {
     let parts = if out.len() < PARALLEL_MIN {
         1
     } else {
-        scratch.len()
+        threads.max(1)
     };
     let per = out.len().div_ceil(parts).max(1);
-    let part = |first: usize, out: &mut [f32], s: &mut Scratch| -> Result<(), String> {
-        s.acc.clear();
-        s.acc.resize(out.len(), 0.0);
-        for (src, u) in sources.iter().zip(updates) {
-            src.read(name, first, out.len(), &mut s.vals, &mut s.bytes)?;
-            for (a, x) in s.acc.iter_mut().zip(&s.vals) {
-                *a += u.weight * f64::from(*x);
+    let part = |first: usize, out: &mut [f32]| -> Result<(), String> {
+        let offsets: Vec<u64> = sources
+            .iter()
+            .map(|src| src.offset(name, first))
+            .collect::<Result<_, String>>()?;
+        let mut acc = vec![0.0f64; BLOCK];
+        let mut bytes = vec![0u8; BLOCK * 4];
+        for (b, out) in out.chunks_mut(BLOCK).enumerate() {
+            let acc = &mut acc[..out.len()];
+            let bytes = &mut bytes[..out.len() * 4];
+            acc.fill(0.0);
+            for ((src, offset), u) in sources.iter().zip(&offsets).zip(updates) {
+                src.read_at(offset + (b * BLOCK * 4) as u64, bytes)?;
+                for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *a += u.weight * f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                }
             }
-        }
-        for (o, a) in out.iter_mut().zip(&s.acc) {
-            *o = (a / total) as f32;
+            for (o, a) in out.iter_mut().zip(acc.iter()) {
+                *o = (a / total) as f32;
+            }
         }
         Ok(())
     };
     if parts == 1 {
-        return match scratch.first_mut() {
-            Some(s) => part(start, out, s),
-            None => Err("no aggregation buffers".into()),
-        };
+        return part(start, out);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = out
             .chunks_mut(per)
-            .zip(scratch.iter_mut())
             .enumerate()
-            .map(|(i, (o, s))| scope.spawn(move || part(start + i * per, o, s)))
+            .map(|(i, o)| scope.spawn(move || part(start + i * per, o)))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
@@ -264,10 +280,8 @@ fn stream_mean(
         )),
         None => None,
     };
-    let mut bytes = Vec::new();
     let (mut prev, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
     let mut out: Vec<f32> = Vec::with_capacity(STREAM_ELEMENTS);
     for (name, shape) in &schema {
         let len: usize = shape.iter().product();
@@ -276,25 +290,17 @@ fn stream_mean(
             let n = STREAM_ELEMENTS.min(len - start);
             out.clear();
             out.resize(n, 0.0);
-            weighted_mean(
-                &sources,
-                ctx.updates,
-                total,
-                name,
-                start,
-                &mut out,
-                &mut scratch,
-            )?;
+            weighted_mean(&sources, ctx.updates, total, name, start, &mut out, threads)?;
             if let (Some(o), Some((mw, vw))) = (opt, moments_out.as_mut()) {
                 if let Some(p) = &previous {
-                    p.read(name, start, n, &mut prev, &mut bytes)?;
+                    p.read(name, start, n, &mut prev)?;
                 } else {
                     prev.clear();
                     prev.extend_from_slice(&out);
                 }
                 if let Some((ms, vs)) = &moments_in {
-                    ms.read(name, start, n, &mut m, &mut bytes)?;
-                    vs.read(name, start, n, &mut v, &mut bytes)?;
+                    ms.read(name, start, n, &mut m)?;
+                    vs.read(name, start, n, &mut v)?;
                 } else {
                     m.clear();
                     m.resize(n, 0.0);

@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use fedseg_proto::safetensors::{SafetensorsHeader, TensorEntry};
+use fedseg_proto::safetensors::SafetensorsHeader;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -24,27 +23,6 @@ pub fn schema_of(header: &SafetensorsHeader) -> Schema {
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect()
-}
-
-/// Reads `count` f32 values of `entry` starting at element `start`.
-pub fn read_f32s(
-    file: &File,
-    header: &SafetensorsHeader,
-    entry: &TensorEntry,
-    start: usize,
-    out: &mut Vec<f32>,
-    bytes: &mut Vec<u8>,
-    count: usize,
-) -> std::io::Result<()> {
-    bytes.resize(count * 4, 0);
-    file.read_exact_at(bytes, header.data_start + entry.begin + (start as u64) * 4)?;
-    out.clear();
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
-    Ok(())
 }
 
 /// A finished file: where it is, its digest and size.
