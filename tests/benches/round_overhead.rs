@@ -8,7 +8,9 @@
 //!  cargo bench -p fedseg-tests --bench round_overhead -- [PARAMS_MILLIONS] [SITES...]`
 //! (default: 35 M parameters, 4 and 16 sites, 2 rounds each). Without FEDSEG_BIN_DIR it
 //! measures the debug-profile coordinator the tests use. FEDSEG_BENCH_STATUS=1 also prints
-//! each job's status and the coordinator's log.
+//! each job's status and the coordinator's log; FEDSEG_BENCH_ROUNDS=N runs N rounds (the first
+//! round pays for memory the next ones reuse); FEDSEG_BENCH_CONFIG adds lines to
+//! coordinator.toml (e.g. `max_concurrent_transfers = 2`).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -17,8 +19,6 @@ use std::time::{Duration, Instant};
 use fedseg_coordinator::pki::Role;
 use fedseg_coordinator::records::JobState;
 use fedseg_tests::{FakeSite, Fed, UploadFaults, safetensors_bytes};
-
-const ROUNDS: u32 = 2;
 
 fn model_bytes(params: usize) -> Vec<u8> {
     // Paper-size in parameter count; tensors of 1 M values like the U-Net's larger convs.
@@ -144,10 +144,14 @@ fn main() {
     } else {
         vec![4, 16]
     };
+    let rounds: u32 = std::env::var("FEDSEG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
     println!("coordinator: {}", fedseg_tests::binaries().0.display());
     let model = Arc::new(model_bytes(params));
     println!(
-        "model: {} parameters, {:.1} MB; {ROUNDS} rounds per run",
+        "model: {} parameters, {:.1} MB; {rounds} rounds per run",
         params,
         model.len() as f64 / 1e6
     );
@@ -158,11 +162,15 @@ fn main() {
     for n in counts {
         let names: Vec<String> = (0..n).map(|i| format!("site{i:02}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut fed = Fed::bare(&refs, "heartbeat_s = 2\nheartbeat_timeout_s = 30");
+        let extra = std::env::var("FEDSEG_BENCH_CONFIG").unwrap_or_default();
+        let mut fed = Fed::bare(
+            &refs,
+            &format!("heartbeat_s = 2\nheartbeat_timeout_s = 30\n{extra}"),
+        );
         fed.start_coordinator();
         let pid = fed.coordinator.as_ref().map(|c| c.child.id()).unwrap_or(0);
         let plan = format!(
-            "name = \"bench\"\nmodel = \"paper\"\n[[stage]]\nname = \"init\"\nkind = \"train\"\nsites = [\"site00\"]\n\n[[stage]]\nname = \"fed\"\nkind = \"fedavg\"\nfrom = \"init\"\nsites = {names:?}\nrounds = {ROUNDS}\n"
+            "name = \"bench\"\nmodel = \"paper\"\n[[stage]]\nname = \"init\"\nkind = \"train\"\nsites = [\"site00\"]\n\n[[stage]]\nname = \"fed\"\nkind = \"fedavg\"\nfrom = \"init\"\nsites = {names:?}\nrounds = {rounds}\n"
         );
         let cpu_before = cpu_seconds(pid);
         let own_before = cpu_seconds(std::process::id());
@@ -174,7 +182,7 @@ fn main() {
         rt.block_on(async {
             let mut handles = Vec::new();
             for name in &names {
-                let rounds = if name == "site00" { ROUNDS + 1 } else { ROUNDS };
+                let rounds = if name == "site00" { rounds + 1 } else { rounds };
                 handles.push(tokio::spawn(fake_site(
                     fed.endpoint_for(Role::Site, name),
                     model.clone(),
@@ -213,8 +221,8 @@ fn main() {
         }
         println!(
             "{n:>2} sites: coordinator peak RSS {rss:.0} MiB; CPU per round: coordinator {:.1} s, the {n} sites {:.1} s (all on the same cores)",
-            cpu / f64::from(ROUNDS + 1),
-            own / f64::from(ROUNDS + 1)
+            cpu / f64::from(rounds + 1),
+            own / f64::from(rounds + 1)
         );
     }
 }
