@@ -558,11 +558,11 @@ impl Federation {
 
     /// A fully received update file (digest checked): validate it against the round and, if
     /// good, adopt it as a blob and mark the task done. A rejection is recorded in the round.
-    /// The blob is made durable (rename, directory fsync) outside the engine lock: on a busy
-    /// disk that fsync waits behind the other uploads' writeback (0.1-0.3 s measured), and
-    /// under the lock every site's wait would queue behind the others'.
     /// An upload that arrived whole: `checked` is what the stream check found (the header, or
-    /// why the bytes are not a model of finite values).
+    /// why the bytes are not a model of finite values). The blob is made durable (rename,
+    /// directory fsync) outside the engine lock: on a busy disk that fsync waits behind the
+    /// other uploads' writeback (0.1-0.3 s measured), and under the lock every site's wait
+    /// would queue behind the others'.
     pub async fn accept_update(
         &self,
         site: &str,
