@@ -133,24 +133,32 @@ impl Source {
         Ok(self.header.data_start + entry.begin + start as u64 * 4)
     }
 
-    /// Fills `buf` with the bytes at `offset` (from `offset`).
+    /// Fills `buf` with the file's bytes from `offset` on.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| format!("{}: reading at byte {offset}: {e}", self.path.display()))
     }
 
-    fn read(&self, name: &str, start: usize, n: usize, out: &mut Vec<f32>) -> Result<(), String> {
-        let mut bytes = vec![0u8; n * 4];
-        self.read_at(self.offset(name, start)?, &mut bytes)?;
+    fn read(
+        &self,
+        name: &str,
+        start: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        bytes.resize(n * 4, 0);
+        self.read_at(self.offset(name, start)?, bytes)?;
         out.clear();
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        out.extend(bytes.chunks_exact(4).map(le_f32));
         Ok(())
     }
+}
+
+/// An f32 from its 4 little-endian bytes, as safetensors stores them.
+fn le_f32(c: &[u8]) -> f32 {
+    f32::from_le_bytes([c[0], c[1], c[2], c[3]])
 }
 
 fn writer(
@@ -201,7 +209,7 @@ fn weighted_mean(
             for ((src, offset), u) in sources.iter().zip(&offsets).zip(updates) {
                 src.read_at(offset + (b * BLOCK * 4) as u64, bytes)?;
                 for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *a += u.weight * f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    *a += u.weight * f64::from(le_f32(c));
                 }
             }
             for (o, a) in out.iter_mut().zip(acc.iter()) {
@@ -280,7 +288,7 @@ fn stream_mean(
         )),
         None => None,
     };
-    let (mut prev, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prev, mut m, mut v, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let mut out: Vec<f32> = Vec::with_capacity(STREAM_ELEMENTS);
     for (name, shape) in &schema {
@@ -293,14 +301,14 @@ fn stream_mean(
             weighted_mean(&sources, ctx.updates, total, name, start, &mut out, threads)?;
             if let (Some(o), Some((mw, vw))) = (opt, moments_out.as_mut()) {
                 if let Some(p) = &previous {
-                    p.read(name, start, n, &mut prev)?;
+                    p.read(name, start, n, &mut prev, &mut bytes)?;
                 } else {
                     prev.clear();
                     prev.extend_from_slice(&out);
                 }
                 if let Some((ms, vs)) = &moments_in {
-                    ms.read(name, start, n, &mut m)?;
-                    vs.read(name, start, n, &mut v)?;
+                    ms.read(name, start, n, &mut m, &mut bytes)?;
+                    vs.read(name, start, n, &mut v, &mut bytes)?;
                 } else {
                     m.clear();
                     m.resize(n, 0.0);
