@@ -59,8 +59,8 @@ impl BlobStore {
 
     /// Frees the page cache a blob holds (see `release_page_cache`); for blobs the round
     /// just finished reading. Best effort: a missing file is no error here.
-    pub fn release_cache(&self, sha256: &str) {
-        if let Ok(f) = std::fs::File::open(self.path(sha256)) {
+    pub fn release_cache(path: &Path) {
+        if let Ok(f) = std::fs::File::open(path) {
             fedseg_proto::transfer::release_page_cache(&f);
         }
     }

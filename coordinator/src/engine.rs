@@ -1098,18 +1098,8 @@ impl Federation {
                 let io = |e: std::io::Error| EngineError::Io(e.to_string());
                 // The round's inputs were read for the last time (sites downloaded the
                 // starting model before uploading): free their cached pages.
-                round
-                    .tasks
-                    .values()
-                    .filter_map(|t| t.update.as_ref())
-                    .for_each(|u| self.blobs.release_cache(&u.sha256));
-                if let Some(init) = round
-                    .init
-                    .as_deref()
-                    .map(|v| self.model_ref(v))
-                    .transpose()?
-                {
-                    self.blobs.release_cache(&init.sha256);
+                for path in updates.iter().map(|u| &u.path).chain(&previous) {
+                    BlobStore::release_cache(path);
                 }
                 if let Some((m, v)) = outcome.moments {
                     self.blobs.adopt(&m.path, &m.sha256).map_err(io)?;
