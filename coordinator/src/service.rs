@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedseg_proto::pb::{self, admin_server::Admin, site_server::Site, upload_part::Part};
+use fedseg_proto::pb::{
+    self, admin_server::Admin, site_server::Site, upload_part::Part, upload_progress::Step,
+};
 use fedseg_proto::transfer::{IncomingFile, send_file};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -50,6 +52,7 @@ pub fn status_of(e: EngineError) -> Status {
     }
 }
 
+#[derive(Clone)]
 pub struct SiteService {
     pub fed: Arc<Federation>,
     /// Model transfers served at once; the rest wait with only their HTTP/2 window buffered,
@@ -146,18 +149,32 @@ impl Site for SiteService {
         )))
     }
 
+    type UploadUpdateStream = BoxStream<pb::UploadProgress>;
+
     async fn upload_update(
         &self,
         req: Request<Streaming<pb::UploadPart>>,
-    ) -> Result<Response<pb::UploadReply>, Status> {
-        let result = self.receive_update(req).await;
-        if let Err(e) = &result
-            && e.code() != tonic::Code::Unauthenticated
-            && e.code() != tonic::Code::PermissionDenied
-        {
-            self.fed.counters.rejected(e.message());
-        }
-        result
+    ) -> Result<Response<Self::UploadUpdateStream>, Status> {
+        let site = peer(&req, Role::Site)?.name;
+        // The conversation runs beside the reply stream: `ready` must reach the site while
+        // its chunks have yet to come.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let answer = match service.receive_update(site, req.into_inner(), &tx).await {
+                Ok(reply) => Ok(pb::UploadProgress {
+                    step: Some(Step::Done(reply)),
+                }),
+                Err(e) => {
+                    service.fed.counters.rejected(e.message());
+                    Err(e)
+                }
+            };
+            let _ = tx.send(answer).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn report(
@@ -183,14 +200,14 @@ impl SiteService {
             .map_err(|_| Status::unavailable("shutting down"))
     }
 
+    /// Header checks, then a place among the transfers served at once, then `ready` and the
+    /// body: a site waiting for its place has sent nothing that the coordinator must buffer.
     async fn receive_update(
         &self,
-        req: Request<Streaming<pb::UploadPart>>,
-    ) -> Result<Response<pb::UploadReply>, Status> {
-        let site = peer(&req, Role::Site)?.name;
-        let _permit = self.transfer_permit().await?;
-        let started = Instant::now();
-        let mut stream = req.into_inner();
+        site: String,
+        mut stream: Streaming<pb::UploadPart>,
+        progress: &tokio::sync::mpsc::Sender<Result<pb::UploadProgress, Status>>,
+    ) -> Result<pb::UploadReply, Status> {
         let header = match stream.next().await {
             Some(Ok(pb::UploadPart {
                 part: Some(Part::Header(h)),
@@ -207,6 +224,16 @@ impl SiteService {
         self.fed
             .check_upload(&header.task_id, &site)
             .map_err(status_of)?;
+        let _permit = self.transfer_permit().await?;
+        let ready = pb::UploadProgress {
+            step: Some(Step::Ready(pb::UploadReady {})),
+        };
+        if progress.send(Ok(ready)).await.is_err() {
+            return Err(Status::cancelled(format!(
+                "{site} left before its upload began"
+            )));
+        }
+        let started = Instant::now();
         let mut file = IncomingFile::create(&self.fed.blobs.incoming_dir(), header.size)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -270,7 +297,7 @@ impl SiteService {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         accepted.map_err(status_of)?;
-        Ok(Response::new(pb::UploadReply { sha256: digest }))
+        Ok(pb::UploadReply { sha256: digest })
     }
 }
 

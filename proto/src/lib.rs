@@ -7,6 +7,7 @@ pub mod http;
 pub mod logging;
 pub mod safetensors;
 pub mod transfer;
+pub mod upload;
 
 /// Generated from `proto/fedseg.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -460,15 +460,10 @@ impl FakeSite {
         let trailer = faults.stop_after.is_none().then_some(pb::UploadPart {
             part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })),
         });
-        let parts = std::iter::once(pb::UploadPart {
-            part: Some(Part::Header(header)),
-        })
-        .chain(chunks)
-        .chain(trailer);
-        self.client
-            .upload_update(tokio_stream::iter(parts))
+        let body = chunks.chain(trailer);
+        fedseg_proto::upload::upload_update(&mut self.client, header, tokio_stream::iter(body))
             .await
-            .map(|r| r.into_inner().sha256)
+            .map(|r| r.sha256)
     }
 }
 

@@ -193,10 +193,15 @@ fn an_upload_cut_off_mid_stream_leaves_nothing_and_can_be_retried() {
         let big = safetensors_bytes(&[("w", vec![10_000_000], vec![0.25; 10_000_000])]);
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut client = FakeSite::connect(&ep).await.client;
+        // Raw parts, not `upload::upload_update`: this client sends without waiting for
+        // `ready`, as a broken or hostile one might. Aborting the call resets the stream.
         let call = tokio::spawn(async move {
-            client
+            let mut replies = client
                 .upload_update(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
+                .await?
+                .into_inner();
+            while replies.message().await?.is_some() {}
+            Ok::<_, tonic::Status>(())
         });
         use fedseg_proto::pb::{self, upload_part::Part};
         tx.send(pb::UploadPart {

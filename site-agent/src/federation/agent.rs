@@ -12,6 +12,7 @@ use fedseg_proto::MAX_MESSAGE_BYTES;
 use fedseg_proto::client::{ConnectError, FederationEndpoint, error_chain};
 use fedseg_proto::pb::{self, site_client::SiteClient, upload_part::Part};
 use fedseg_proto::transfer::{IncomingFile, TransferError, send_file, sha256_file};
+use fedseg_proto::upload::upload_update;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -347,11 +348,8 @@ impl Agent {
                 let (sha, size) = sha256_file(&file).await?;
                 let header = pb::UploadHeader { size, ..header };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
-                tx.send(Ok(pb::UploadPart {
-                    part: Some(Part::Header(header)),
-                }))
-                .await
-                .map_err(|_| AgentError::Local("upload channel closed".into()))?;
+                // Reading starts at once; the channel holds what is read until the
+                // coordinator says `ready`.
                 let sender = tokio::spawn(async move {
                     let sent = send_file(&file, tx.clone(), |data| pb::UploadPart {
                         part: Some(Part::Chunk(data.into())),
@@ -367,7 +365,7 @@ impl Agent {
                 });
                 let parts = tokio_stream::wrappers::ReceiverStream::new(rx)
                     .filter_map(|r: Result<pb::UploadPart, tonic::Status>| r.ok());
-                let reply = client.upload_update(parts).await;
+                let reply = upload_update(client, header, parts).await;
                 sender.abort();
                 reply?;
                 Ok(())
