@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
+use crate::early::{Arrived, ArrivedGuard, Early, Inputs, RoundKey};
 use crate::plan::{Plan, Stage, StageKind};
 use crate::records::*;
 use crate::store::{Store, StoreError};
-use crate::strategy::{self, AggregateContext, UpdateInput};
+use crate::strategy::{self, Aggregation, UpdateInput};
 use crate::tensors::{Schema, schema_of};
 use crate::update_check::check_schema;
 
@@ -60,6 +61,7 @@ pub struct Federation {
     live: std::sync::Mutex<HashMap<String, LiveSite>>,
     started: Instant,
     pub counters: crate::http::metrics::Counters,
+    early: Early,
 }
 
 /// Decision for an open round.
@@ -84,6 +86,7 @@ impl Federation {
             live: std::sync::Mutex::new(HashMap::new()),
             started: Instant::now(),
             counters: Default::default(),
+            early: Early::default(),
         });
         fed.check_resumable()?;
         Ok(fed)
@@ -616,9 +619,14 @@ impl Federation {
             }
         }
         drop(_g);
-        let adopted = self
-            .blobs
-            .adopt_shared(&tmp, sha256)
+        // On the blocking pool: the directory fsync waits for the disk (0.1-0.2 s while other
+        // uploads' data is being written), and on an async worker it would stall every
+        // connection that worker serves.
+        let blobs = self.blobs.clone();
+        let digest = sha256.to_string();
+        let adopted = tokio::task::spawn_blocking(move || blobs.adopt_shared(&tmp, &digest))
+            .await
+            .map_err(|e| EngineError::Io(format!("adopting an update: {e}")))?
             .map_err(|e| EngineError::Io(e.to_string()))?;
         let _g = self.lock.lock().await;
         // The round may have closed, or a duplicate been accepted, while the lock was free.
@@ -1035,6 +1043,130 @@ impl Federation {
         Verdict::Wait
     }
 
+    /// The aggregation of a fedavg round over `updates`: strategy, starting model, server
+    /// moments and the metadata the new model carries.
+    fn aggregation_for(
+        &self,
+        job_id: &str,
+        rec: &StageRecord,
+        stage: &Stage,
+        round: &RoundRecord,
+        updates: Vec<UpdateInput>,
+    ) -> Result<Aggregation, EngineError> {
+        let strategy = strategy::for_stage(stage);
+        let previous = round
+            .init
+            .as_deref()
+            .map(|v| self.model_ref(v))
+            .transpose()?
+            .map(|m| self.blobs.path(&m.sha256));
+        let moments = rec
+            .server_state
+            .as_ref()
+            .map(|(m, v)| (self.blobs.path(m), self.blobs.path(v)));
+        let mut metadata = BTreeMap::new();
+        metadata.insert(
+            "fedseg.version".to_string(),
+            version_id(job_id, &stage.name, round.index),
+        );
+        metadata.insert("fedseg.strategy".to_string(), strategy.name().to_string());
+        metadata.insert(
+            "fedseg.sites".to_string(),
+            updates
+                .iter()
+                .map(|u| u.site.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        Ok(Aggregation {
+            strategy,
+            updates,
+            previous,
+            moments,
+            out_dir: self.blobs.incoming_dir(),
+            metadata,
+        })
+    }
+
+    /// An update's bytes arrived whole and match their digest; making them durable and
+    /// accepting them comes next. Kept (while the guard lives) so that a round whose other
+    /// updates are all in can start aggregating now: see `early`.
+    pub async fn update_arrived(
+        &self,
+        site: &str,
+        header: &pb::UploadHeader,
+        arrived: Arrived,
+    ) -> ArrivedGuard<'_> {
+        let _g = self.lock.lock().await;
+        let guard = self.early.arrived(&header.task_id, arrived);
+        if let Err(e) = self.start_early(site, &header.task_id) {
+            tracing::debug!(site, "no early aggregation: {e}");
+        }
+        guard
+    }
+
+    /// Starts the round's aggregation if every task of it has an accepted or arrived update.
+    fn start_early(&self, site: &str, task_id: &str) -> Result<(), EngineError> {
+        let (id, mut job) = self.task_job(task_id)?;
+        let round = self.open_task(&mut job, &id, site)?.clone();
+        let rec = &job.stages[id.stage];
+        let stage = &job.plan.stages[id.stage];
+        if stage.kind != StageKind::Fedavg {
+            return Ok(());
+        }
+        let mut updates = Vec::new();
+        let mut inputs: Inputs = Vec::new();
+        let mut arrived = Vec::new();
+        for (s, t) in &round.tasks {
+            let (input, digest) = match (&t.update, t.state) {
+                (Some(u), _) => (
+                    UpdateInput {
+                        site: s.clone(),
+                        path: self.blobs.path(&u.sha256),
+                        weight: u.sample_count as f64,
+                        open: None,
+                    },
+                    u.sha256.clone(),
+                ),
+                (None, TaskState::Failed) => continue,
+                (None, _) => {
+                    let task = TaskId {
+                        site: s.clone(),
+                        ..id.clone()
+                    };
+                    let task = task.to_string();
+                    let Some(a) = self.early.arrived_for(&task) else {
+                        return Ok(());
+                    };
+                    arrived.push(task);
+                    (
+                        UpdateInput {
+                            site: s.clone(),
+                            path: a.path,
+                            weight: a.weight,
+                            open: Some(a.file),
+                        },
+                        a.digest,
+                    )
+                }
+            };
+            inputs.push((s.clone(), digest, input.weight.to_bits()));
+            updates.push(input);
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let aggregation = self.aggregation_for(&job.id, rec, stage, &round, updates)?;
+        let key = RoundKey {
+            job: job.id.clone(),
+            stage: id.stage,
+            round: round.index,
+            attempt: round.attempt,
+        };
+        self.early.start(key, inputs, arrived, aggregation);
+        Ok(())
+    }
+
     fn close_round(&self, job: &mut JobRecord, i: usize, stage: &Stage) -> Result<(), EngineError> {
         let job_id = job.id.clone();
         let rec = &mut job.stages[i];
@@ -1054,51 +1186,49 @@ impl Federation {
                         site: site.clone(),
                         path: self.blobs.path(&u.sha256),
                         weight: u.sample_count as f64,
+                        open: None,
                     })
                 })
                 .collect();
             let id = version_id(&job_id, &stage.name, round.index);
             let t0 = Instant::now();
             let (sha, size) = if stage.kind == StageKind::Fedavg {
-                let strategy = strategy::for_stage(stage);
-                let previous = round
-                    .init
-                    .as_deref()
-                    .map(|v| self.model_ref(v))
-                    .transpose()?
-                    .map(|m| self.blobs.path(&m.sha256));
-                let moments = rec
-                    .server_state
-                    .as_ref()
-                    .map(|(m, v)| (self.blobs.path(m), self.blobs.path(v)));
-                let mut metadata = BTreeMap::new();
-                metadata.insert("fedseg.version".to_string(), id.clone());
-                metadata.insert("fedseg.strategy".to_string(), strategy.name().to_string());
-                metadata.insert(
-                    "fedseg.sites".to_string(),
-                    updates
-                        .iter()
-                        .map(|u| u.site.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                let out_dir = self.blobs.incoming_dir();
-                let outcome = tokio::task::block_in_place(|| {
-                    strategy.aggregate(&AggregateContext {
-                        updates: &updates,
-                        previous: previous.as_deref(),
-                        moments: moments.as_ref().map(|(m, v)| (m.as_path(), v.as_path())),
-                        out_dir: &out_dir,
-                        metadata,
+                let key = RoundKey {
+                    job: job_id.clone(),
+                    stage: i,
+                    round: round.index,
+                    attempt: round.attempt,
+                };
+                let inputs: Inputs = round
+                    .tasks
+                    .iter()
+                    .filter_map(|(site, t)| {
+                        let u = t.update.as_ref()?;
+                        Some((
+                            site.clone(),
+                            u.sha256.clone(),
+                            (u.sample_count as f64).to_bits(),
+                        ))
                     })
-                })
-                .map_err(|e| {
-                    EngineError::Io(format!("aggregating round {}: {e}", round.index + 1))
-                })?;
+                    .collect();
+                let aggregation = self.aggregation_for(&job_id, rec, stage, &round, updates)?;
+                let outcome =
+                    tokio::task::block_in_place(|| match self.early.take(&key, &inputs) {
+                        Some(outcome) => {
+                            tracing::debug!(job = job_id, "early aggregation used");
+                            Ok(outcome)
+                        }
+                        None => aggregation.run(),
+                    })
+                    .map_err(|e| {
+                        EngineError::Io(format!("aggregating round {}: {e}", round.index + 1))
+                    })?;
+                let updates = &aggregation.updates;
+                let previous = &aggregation.previous;
                 let io = |e: std::io::Error| EngineError::Io(e.to_string());
                 // The round's inputs were read for the last time (sites downloaded the
                 // starting model before uploading): free their cached pages.
-                for path in updates.iter().map(|u| &u.path).chain(&previous) {
+                for path in updates.iter().map(|u| &u.path).chain(previous.iter()) {
                     BlobStore::release_cache(path);
                 }
                 if let Some((m, v)) = outcome.moments {
@@ -1137,6 +1267,7 @@ impl Federation {
         if let Some(last) = rec.rounds.last_mut() {
             last.closed = Some(now_s());
         }
+        self.early.forget(&job_id);
         tracing::info!(
             job = job_id,
             stage = stage.name,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod blobs;
 pub mod config;
+pub mod early;
 pub mod engine;
 pub mod http;
 pub mod pki;

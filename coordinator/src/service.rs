@@ -12,6 +12,7 @@ use fedseg_proto::transfer::{IncomingFile, send_file};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::early::Arrived;
 use crate::engine::{EngineError, Federation};
 use crate::pki::{Peer, Role, peer_from_der};
 use crate::report;
@@ -276,8 +277,19 @@ impl SiteService {
             .blobs
             .incoming_dir()
             .join(format!("upload-{n}.recv"));
-        let digest = file
-            .finish(header.size, Some(&trailer.sha256), &tmp)
+        let verified = file
+            .verify(header.size, Some(&trailer.sha256))
+            .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
+        let digest = verified.digest.clone();
+        let arrived = Arrived {
+            digest: verified.digest,
+            weight: header.sample_count as f64,
+            file: Arc::new(verified.reader),
+            path: verified.path,
+        };
+        // Held until the update is accepted or refused: the round may aggregate early.
+        let arrived = self.fed.update_arrived(&site, &header, arrived).await;
+        file.persist(&tmp)
             .await
             .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
         let upload_s = started.elapsed().as_secs_f64();
@@ -292,9 +304,10 @@ impl SiteService {
                 check.finish(),
             )
             .await;
-        if accepted.is_err() {
+        match accepted {
+            Ok(()) => arrived.accepted(),
             // Refused updates are not kept (an accepted one was moved into the blob store).
-            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(_) => drop(tokio::fs::remove_file(&tmp).await),
         }
         accepted.map_err(status_of)?;
         Ok(pb::UploadReply { sha256: digest })

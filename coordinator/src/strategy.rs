@@ -8,18 +8,22 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fedseg_proto::pb::TrainSpec;
-use fedseg_proto::safetensors::{SafetensorsHeader, read_header};
+use fedseg_proto::safetensors::{SafetensorsHeader, read_header_of};
 
 use crate::plan::{Stage, StrategyKind};
 use crate::tensors::{STREAM_ELEMENTS, StreamWriter, WrittenFile};
 
-/// One accepted update.
+/// One update to aggregate.
 pub struct UpdateInput {
     pub site: String,
     pub path: PathBuf,
     pub weight: f64,
+    /// The file already open, for an update read before it is stored under `path`'s name
+    /// (an early aggregation); None opens `path`.
+    pub open: Option<Arc<File>>,
 }
 
 pub struct AggregateContext<'a> {
@@ -33,6 +37,31 @@ pub struct AggregateContext<'a> {
     /// Where to write new files.
     pub out_dir: &'a Path,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// An aggregation with everything it needs owned, to run now or on another thread.
+pub struct Aggregation {
+    pub strategy: Box<dyn Strategy>,
+    pub updates: Vec<UpdateInput>,
+    pub previous: Option<PathBuf>,
+    pub moments: Option<(PathBuf, PathBuf)>,
+    pub out_dir: PathBuf,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Aggregation {
+    pub fn run(&self) -> Result<AggregateOutcome, String> {
+        self.strategy.aggregate(&AggregateContext {
+            updates: &self.updates,
+            previous: self.previous.as_deref(),
+            moments: self
+                .moments
+                .as_ref()
+                .map(|(m, v)| (m.as_path(), v.as_path())),
+            out_dir: &self.out_dir,
+            metadata: self.metadata.clone(),
+        })
+    }
 }
 
 /// Files written by `aggregate`: the model, and the optimiser moments for FedOpt.
@@ -106,20 +135,31 @@ impl Strategy for FedOpt {
 
 /// A model file read in small blocks at known offsets.
 struct Source {
-    file: File,
+    file: Arc<File>,
     header: SafetensorsHeader,
     path: PathBuf,
 }
 
 impl Source {
     fn open(path: &Path) -> Result<Self, String> {
-        let header = read_header(path).map_err(|e| e.to_string())?;
         let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::of(Arc::new(file), path)
+    }
+
+    fn of(file: Arc<File>, path: &Path) -> Result<Self, String> {
+        let header = read_header_of(&file, path).map_err(|e| e.to_string())?;
         Ok(Self {
             file,
             header,
             path: path.to_path_buf(),
         })
+    }
+
+    fn of_update(u: &UpdateInput) -> Result<Self, String> {
+        match &u.open {
+            Some(file) => Self::of(Arc::clone(file), &u.path),
+            None => Self::open(&u.path),
+        }
     }
 
     /// Byte offset of element `start` of tensor `name`.
@@ -248,7 +288,7 @@ fn stream_mean(
     let sources: Vec<Source> = ctx
         .updates
         .iter()
-        .map(|u| Source::open(&u.path))
+        .map(Source::of_update)
         .collect::<Result<_, _>>()?;
     let schema: Vec<(String, Vec<usize>)> = sources[0]
         .header
@@ -390,11 +430,13 @@ mod tests {
                 site: "a".into(),
                 path: file(d.path(), "a", &[1.0, 10.0]),
                 weight: 1.0,
+                open: None,
             },
             UpdateInput {
                 site: "b".into(),
                 path: file(d.path(), "b", &[4.0, 40.0]),
                 weight: 3.0,
+                open: None,
             },
         ];
         let out = FedAvg
@@ -405,6 +447,32 @@ mod tests {
     }
 
     #[test]
+    fn an_update_is_read_through_its_open_handle_after_its_file_moved() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let b = file(d.path(), "b", &[4.0, 40.0]);
+        let handle = Arc::new(File::open(&b).expect("open"));
+        std::fs::rename(&b, d.path().join("elsewhere")).expect("rename");
+        let ups = [
+            UpdateInput {
+                site: "a".into(),
+                path: file(d.path(), "a", &[1.0, 10.0]),
+                weight: 1.0,
+                open: None,
+            },
+            UpdateInput {
+                site: "b".into(),
+                path: b,
+                weight: 3.0,
+                open: Some(handle),
+            },
+        ];
+        let out = FedAvg
+            .aggregate(&ctx(d.path(), &ups, None, None))
+            .expect("aggregate");
+        assert_eq!(values(&out.model.path), [3.25, 32.5]);
+    }
+
+    #[test]
     fn fedadam_and_fedyogi_step_from_the_previous_model() {
         let d = tempfile::tempdir().expect("tempdir");
         let prev = file(d.path(), "prev", &[1.0, 1.0]);
@@ -412,6 +480,7 @@ mod tests {
             site: "a".into(),
             path: file(d.path(), "a", &[2.0, 0.0]),
             weight: 1.0,
+            open: None,
         }];
         let (lr, b1, b2, tau) = (0.1, 0.9, 0.99, 1e-3);
         for yogi in [false, true] {
@@ -465,6 +534,7 @@ mod tests {
             site: "a".into(),
             path: file(d.path(), "a", &[2.0]),
             weight: 5.0,
+            open: None,
         }];
         let out = FedProx { mu: 0.05 }
             .aggregate(&ctx(d.path(), &ups, None, None))

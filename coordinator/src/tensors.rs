@@ -43,6 +43,17 @@ pub struct StreamWriter {
     worker: Option<std::thread::JoinHandle<std::io::Result<(File, String, u64)>>>,
 }
 
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        // The worker holds the file: let it stop first.
+        let _ = self.join();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl StreamWriter {
     pub fn create(
         path: &Path,
@@ -129,7 +140,8 @@ impl StreamWriter {
         self.send(buf)
     }
 
-    /// Flushes and fsyncs.
+    /// Flushes and fsyncs. A writer dropped without `finish` (an aggregation that failed)
+    /// deletes its file.
     pub fn finish(mut self) -> std::io::Result<WrittenFile> {
         let (file, sha256, size) = self.join()?;
         file.sync_all()?;

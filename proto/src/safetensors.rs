@@ -215,7 +215,20 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<SafetensorsHeader, S
 
 /// Reads only the header of a file (a few KB), for streaming its tensors.
 pub fn read_header(path: &Path) -> Result<SafetensorsHeader, SafetensorsError> {
-    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|source| SafetensorsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_header_of(&f, path)
+}
+
+/// `read_header` of a file already open (`path` names it in errors). Reads at fixed offsets,
+/// so a handle shared with other readers is not disturbed.
+pub fn read_header_of(
+    f: &std::fs::File,
+    path: &Path,
+) -> Result<SafetensorsHeader, SafetensorsError> {
+    use std::os::unix::fs::FileExt;
     let io = |source| SafetensorsError::Io {
         path: path.to_path_buf(),
         source,
@@ -224,10 +237,9 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader, SafetensorsError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut f = std::fs::File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
     let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes)
+    f.read_exact_at(&mut len_bytes, 0)
         .map_err(|_| bad(format!("{file_len} bytes, too short for a header")))?;
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER || 8 + n > file_len {
@@ -237,7 +249,7 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader, SafetensorsError> {
     }
     let mut prefix = vec![0u8; 8 + n as usize];
     prefix[..8].copy_from_slice(&len_bytes);
-    f.read_exact(&mut prefix[8..]).map_err(io)?;
+    f.read_exact_at(&mut prefix[8..], 8).map_err(io)?;
     parse_header(&prefix, file_len).map_err(bad)
 }
 

@@ -136,6 +136,8 @@ pub struct IncomingFile {
     tmp: PathBuf,
     /// Taken while a chunk is being written; None afterwards only if that write failed.
     open: Option<(std::fs::File, Sha256)>,
+    /// After `verify`: the file, awaiting `persist`.
+    verified: Option<std::fs::File>,
     received: u64,
     limit: u64,
     finished: bool,
@@ -146,7 +148,13 @@ impl IncomingFile {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".incoming-{}-{n}", std::process::id()));
-        let file = tokio::fs::File::create(&tmp)
+        // Readable too: `verify` hands out a second handle for reading the bytes.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
             .await
             .map_err(|source| TransferError::Io {
                 path: tmp.clone(),
@@ -157,6 +165,7 @@ impl IncomingFile {
         Ok(Self {
             tmp,
             open: Some((file, Sha256::new())),
+            verified: None,
             received: 0,
             limit,
             finished: false,
@@ -210,16 +219,28 @@ impl IncomingFile {
         expected_sha256: Option<&str>,
         dest: &Path,
     ) -> Result<String, TransferError> {
+        let verified = self.verify(expected_size, expected_sha256)?;
+        self.persist(dest).await?;
+        Ok(verified.digest)
+    }
+
+    /// Checks the byte count and digest of what arrived, which stays in the temporary file
+    /// (written, not yet durable). Returns the digest and a handle for reading the bytes,
+    /// valid whatever `persist` does with the file's name.
+    pub fn verify(
+        &mut self,
+        expected_size: u64,
+        expected_sha256: Option<&str>,
+    ) -> Result<Verified, TransferError> {
         if self.received != expected_size {
             return Err(TransferError::Invalid(format!(
                 "truncated stream: {} of {expected_size} bytes arrived",
                 self.received
             )));
         }
-        let (file, hasher) = self
-            .open
-            .take()
-            .ok_or_else(|| TransferError::Invalid("an earlier write failed".into()))?;
+        let (file, hasher) = self.open.take().ok_or_else(|| {
+            TransferError::Invalid("an earlier write failed or verify ran twice".into())
+        })?;
         let digest = hex::encode(hasher.finalize());
         if let Some(expected) = expected_sha256
             && !expected.eq_ignore_ascii_case(&digest)
@@ -228,10 +249,28 @@ impl IncomingFile {
                 "SHA-256 mismatch: sender says {expected}, received bytes hash to {digest}"
             )));
         }
+        let reader = file.try_clone().map_err(|source| TransferError::Io {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.verified = Some(file);
+        Ok(Verified {
+            digest,
+            reader,
+            path: self.tmp.clone(),
+        })
+    }
+
+    /// After `verify`: fsyncs the file and moves it to `dest` atomically.
+    pub async fn persist(mut self, dest: &Path) -> Result<(), TransferError> {
         let io = |path: &Path, source| TransferError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let file = self
+            .verified
+            .take()
+            .ok_or_else(|| TransferError::Invalid("persist before verify".into()))?;
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(|e| TransferError::Invalid(format!("writer task: {e}")))?
@@ -240,8 +279,17 @@ impl IncomingFile {
             .await
             .map_err(|e| io(dest, e))?;
         self.finished = true;
-        Ok(digest)
+        Ok(())
     }
+}
+
+/// A received file whose size and digest checked out (see `IncomingFile::verify`).
+pub struct Verified {
+    pub digest: String,
+    /// A second handle on the file, for reading it before it is durable.
+    pub reader: std::fs::File,
+    /// Where the file was when verified (for messages; `persist` moves it).
+    pub path: PathBuf,
 }
 
 impl Drop for IncomingFile {
