@@ -103,7 +103,7 @@ pub async fn export(admin: &Path, version: &str, out: &Path) -> Result<(String, 
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let sha = meta("x-sha256").unwrap_or_default();
+    let sha = meta("x-digest").unwrap_or_default();
     let id = meta("x-version").unwrap_or_else(|| version.to_string());
     let dir: PathBuf = out
         .parent()

@@ -1,4 +1,4 @@
-//! Model blobs: safetensors files named by the SHA-256 of their bytes, written atomically
+//! Model blobs: safetensors files named by the BLAKE3 digest of their bytes, written atomically
 //! (temporary file, fsync, rename), so a crash leaves either the whole file or none.
 
 use std::collections::HashMap;
@@ -44,12 +44,12 @@ impl BlobStore {
         })
     }
 
-    pub fn path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{sha256}.safetensors"))
+    pub fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.safetensors"))
     }
 
-    pub fn exists(&self, sha256: &str) -> bool {
-        self.path(sha256).is_file()
+    pub fn exists(&self, digest: &str) -> bool {
+        self.path(digest).is_file()
     }
 
     /// Where transfers and aggregations write before their digest is known.
@@ -67,29 +67,29 @@ impl BlobStore {
 
     /// `adopt` for an upload that is accepted or refused afterwards: while the returned claim
     /// lives, `in_flight` says the blob may still become referenced.
-    pub fn adopt_shared(&self, tmp: &Path, sha256: &str) -> std::io::Result<InFlight> {
+    pub fn adopt_shared(&self, tmp: &Path, digest: &str) -> std::io::Result<InFlight> {
         let claim = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry(sha256.to_string()).or_default() += 1;
+            *map.entry(digest.to_string()).or_default() += 1;
             InFlight {
-                digest: sha256.to_string(),
+                digest: digest.to_string(),
                 in_flight: Arc::clone(&self.in_flight),
             }
         };
-        self.adopt(tmp, sha256)?;
+        self.adopt(tmp, digest)?;
         Ok(claim)
     }
 
-    pub fn in_flight(&self, sha256: &str) -> bool {
+    pub fn in_flight(&self, digest: &str) -> bool {
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(sha256)
+            .contains_key(digest)
     }
 
     /// Moves a finished temporary file under its digest's name.
-    pub fn adopt(&self, tmp: &Path, sha256: &str) -> std::io::Result<PathBuf> {
-        let dest = self.path(sha256);
+    pub fn adopt(&self, tmp: &Path, digest: &str) -> std::io::Result<PathBuf> {
+        let dest = self.path(digest);
         std::fs::rename(tmp, &dest)?;
         if let Ok(dir) = std::fs::File::open(&self.dir) {
             let _ = dir.sync_all();

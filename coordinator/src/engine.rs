@@ -361,7 +361,7 @@ impl Federation {
             .ok_or_else(|| EngineError::NotFound(format!("model version {version} is missing")))?;
         Ok(pb::ModelRef {
             version: m.id,
-            sha256: m.sha256,
+            digest: m.digest,
             size: m.size,
         })
     }
@@ -519,18 +519,18 @@ impl Federation {
             return self.version_schema(init).map(Some);
         }
         let first = round.tasks.values().find_map(|t| t.update.as_ref());
-        first.map(|u| self.blob_schema(&u.sha256)).transpose()
+        first.map(|u| self.blob_schema(&u.digest)).transpose()
     }
 
     /// Tensor names and shapes of a stored blob, from its header alone.
-    fn blob_schema(&self, sha256: &str) -> Result<Schema, EngineError> {
-        let header = fedseg_proto::safetensors::read_header(&self.blobs.path(sha256))
+    fn blob_schema(&self, digest: &str) -> Result<Schema, EngineError> {
+        let header = fedseg_proto::safetensors::read_header(&self.blobs.path(digest))
             .map_err(|e| EngineError::Io(e.to_string()))?;
         Ok(schema_of(&header))
     }
 
     fn version_schema(&self, version: &str) -> Result<Schema, EngineError> {
-        self.blob_schema(&self.model_ref(version)?.sha256)
+        self.blob_schema(&self.model_ref(version)?.digest)
     }
 
     /// The task a site names, and its job as stored.
@@ -571,7 +571,7 @@ impl Federation {
         site: &str,
         header: &pb::UploadHeader,
         tmp: PathBuf,
-        sha256: &str,
+        digest: &str,
         upload_s: f64,
         checked: Result<SafetensorsHeader, String>,
     ) -> Result<(), EngineError> {
@@ -623,8 +623,8 @@ impl Federation {
         // uploads' data is being written), and on an async worker it would stall every
         // connection that worker serves.
         let blobs = self.blobs.clone();
-        let digest = sha256.to_string();
-        let adopted = tokio::task::spawn_blocking(move || blobs.adopt_shared(&tmp, &digest))
+        let name = digest.to_string();
+        let adopted = tokio::task::spawn_blocking(move || blobs.adopt_shared(&tmp, &name))
             .await
             .map_err(|e| EngineError::Io(format!("adopting an update: {e}")))?
             .map_err(|e| EngineError::Io(e.to_string()))?;
@@ -633,7 +633,7 @@ impl Federation {
         let (id, mut job) = self.task_job(&header.task_id)?;
         if let Err(e) = self.open_task(&mut job, &id, site) {
             drop(adopted);
-            self.remove_blob_if_unused(sha256);
+            self.remove_blob_if_unused(digest);
             return Err(match e {
                 EngineError::Rejected(reason) => {
                     self.record_rejection(&mut job, &id, site, reason)?
@@ -652,7 +652,7 @@ impl Federation {
         task.work_s = header.train_s;
         task.upload_s = upload_s;
         task.update = Some(UpdateRecord {
-            sha256: sha256.to_string(),
+            digest: digest.to_string(),
             size: header.size,
             sample_count: header.sample_count,
             train_loss: header.train_loss,
@@ -706,31 +706,31 @@ impl Federation {
     /// Deletes a blob that no job, model version or transfer in flight refers to: an update
     /// adopted and then refused because its round closed meanwhile. Called under the lock, so
     /// no acceptance can slip in between the check and the removal.
-    fn remove_blob_if_unused(&self, sha256: &str) {
-        if self.blobs.in_flight(sha256) {
+    fn remove_blob_if_unused(&self, digest: &str) {
+        if self.blobs.in_flight(digest) {
             return;
         }
         let used_by_job = |j: &JobRecord| {
             j.stages.iter().any(|st| {
                 st.server_state
                     .as_ref()
-                    .is_some_and(|(m, v)| m == sha256 || v == sha256)
+                    .is_some_and(|(m, v)| m == digest || v == digest)
                     || st.rounds.iter().any(|r| {
                         r.tasks
                             .values()
-                            .any(|t| t.update.as_ref().is_some_and(|u| u.sha256 == sha256))
+                            .any(|t| t.update.as_ref().is_some_and(|u| u.digest == digest))
                     })
             })
         };
         let used = match (self.store.jobs(), self.store.models()) {
             (Ok(jobs), Ok(models)) => {
-                jobs.iter().any(used_by_job) || models.iter().any(|m| m.sha256 == sha256)
+                jobs.iter().any(used_by_job) || models.iter().any(|m| m.digest == digest)
             }
             // Unsure: keep it (an orphan blob costs disk space, a lost one a model).
             _ => true,
         };
         if !used {
-            let _ = std::fs::remove_file(self.blobs.path(sha256));
+            let _ = std::fs::remove_file(self.blobs.path(digest));
         }
     }
 
@@ -1059,7 +1059,7 @@ impl Federation {
             .as_deref()
             .map(|v| self.model_ref(v))
             .transpose()?
-            .map(|m| self.blobs.path(&m.sha256));
+            .map(|m| self.blobs.path(&m.digest));
         let moments = rec
             .server_state
             .as_ref()
@@ -1122,11 +1122,11 @@ impl Federation {
                 (Some(u), _) => (
                     UpdateInput {
                         site: s.clone(),
-                        path: self.blobs.path(&u.sha256),
+                        path: self.blobs.path(&u.digest),
                         weight: u.sample_count as f64,
                         open: None,
                     },
-                    u.sha256.clone(),
+                    u.digest.clone(),
                 ),
                 (None, TaskState::Failed) => continue,
                 (None, _) => {
@@ -1184,7 +1184,7 @@ impl Federation {
                 .filter_map(|(site, t)| {
                     t.update.as_ref().map(|u| UpdateInput {
                         site: site.clone(),
-                        path: self.blobs.path(&u.sha256),
+                        path: self.blobs.path(&u.digest),
                         weight: u.sample_count as f64,
                         open: None,
                     })
@@ -1206,7 +1206,7 @@ impl Federation {
                         let u = t.update.as_ref()?;
                         Some((
                             site.clone(),
-                            u.sha256.clone(),
+                            u.digest.clone(),
                             (u.sample_count as f64).to_bits(),
                         ))
                     })
@@ -1232,25 +1232,25 @@ impl Federation {
                     BlobStore::release_cache(path);
                 }
                 if let Some((m, v)) = outcome.moments {
-                    self.blobs.adopt(&m.path, &m.sha256).map_err(io)?;
-                    self.blobs.adopt(&v.path, &v.sha256).map_err(io)?;
-                    rec.server_state = Some((m.sha256, v.sha256));
+                    self.blobs.adopt(&m.path, &m.digest).map_err(io)?;
+                    self.blobs.adopt(&v.path, &v.digest).map_err(io)?;
+                    rec.server_state = Some((m.digest, v.digest));
                 }
                 let model = outcome.model;
-                self.blobs.adopt(&model.path, &model.sha256).map_err(io)?;
-                (model.sha256, model.size)
+                self.blobs.adopt(&model.path, &model.digest).map_err(io)?;
+                (model.digest, model.size)
             } else {
                 let u = round
                     .tasks
                     .values()
                     .find_map(|t| t.update.clone())
                     .ok_or_else(|| EngineError::Invalid("no update to keep".into()))?;
-                (u.sha256, u.size)
+                (u.digest, u.size)
             };
             let aggregate_s = t0.elapsed().as_secs_f64();
             self.store.put_model(&ModelVersion {
                 id: id.clone(),
-                sha256: sha,
+                digest: sha,
                 size,
                 job: job_id.clone(),
                 stage: stage.name.clone(),

@@ -353,7 +353,7 @@ fn run() -> Result<i32> {
         } => rt.block_on(async {
             let (id, sha, size) = admin::export(&admin, &version, &out).await?;
             println!(
-                "model {id} ({size} bytes, sha256 {sha}) written to {}",
+                "model {id} ({size} bytes, digest {sha}) written to {}",
                 out.display()
             );
             Ok(0)

@@ -121,7 +121,7 @@ pub struct TaskRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateRecord {
-    pub sha256: String,
+    pub digest: String,
     pub size: u64,
     pub sample_count: u64,
     pub train_loss: f32,
@@ -147,7 +147,7 @@ pub struct SubjectDice {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelVersion {
     pub id: String,
-    pub sha256: String,
+    pub digest: String,
     pub size: u64,
     pub job: String,
     pub stage: String,

@@ -144,7 +144,7 @@ impl Site for SiteService {
         tracing::info!(site, version, bytes = m.size, "model download");
         let permit = self.transfer_permit().await?;
         Ok(Response::new(stream_blob(
-            self.fed.blobs.path(&m.sha256),
+            self.fed.blobs.path(&m.digest),
             Some(permit),
             Some(Arc::clone(&self.fed)),
         )))
@@ -278,7 +278,7 @@ impl SiteService {
             .incoming_dir()
             .join(format!("upload-{n}.recv"));
         let verified = file
-            .verify(header.size, Some(&trailer.sha256))
+            .verify(header.size, Some(&trailer.digest))
             .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
         let digest = verified.digest.clone();
         let arrived = Arrived {
@@ -310,7 +310,7 @@ impl SiteService {
             Err(_) => drop(tokio::fs::remove_file(&tmp).await),
         }
         accepted.map_err(status_of)?;
-        Ok(pb::UploadReply { sha256: digest })
+        Ok(pb::UploadReply { digest })
     }
 }
 
@@ -421,9 +421,9 @@ impl Admin for AdminService {
             .store
             .audit(&admin, "model export", &m.id)
             .map_err(|e| status_of(e.into()))?;
-        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.sha256), None, None));
-        if let Ok(v) = m.sha256.parse() {
-            reply.metadata_mut().insert("x-sha256", v);
+        let mut reply = Response::new(stream_blob(self.fed.blobs.path(&m.digest), None, None));
+        if let Ok(v) = m.digest.parse() {
+            reply.metadata_mut().insert("x-digest", v);
         }
         if let Ok(v) = m.id.parse() {
             reply.metadata_mut().insert("x-version", v);

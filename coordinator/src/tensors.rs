@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use fedseg_proto::safetensors::SafetensorsHeader;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 /// Elements per read when streaming (4 MiB of f32).
 pub const STREAM_ELEMENTS: usize = 1 << 20;
@@ -29,7 +28,7 @@ pub fn schema_of(header: &SafetensorsHeader) -> Schema {
 #[derive(Debug, Clone)]
 pub struct WrittenFile {
     pub path: PathBuf,
-    pub sha256: String,
+    pub digest: String,
     pub size: u64,
 }
 
@@ -84,7 +83,7 @@ impl StreamWriter {
         let (recycle, empty) = std::sync::mpsc::channel::<Vec<u8>>();
         let worker = std::thread::spawn(move || {
             let mut file = file;
-            let mut hasher = Sha256::new();
+            let mut hasher = blake3::Hasher::new();
             let mut size = 0u64;
             for buf in incoming {
                 hasher.update(&buf);
@@ -95,7 +94,7 @@ impl StreamWriter {
                 let _ = recycle.send(buf);
             }
             file.flush()?;
-            Ok((file, hex::encode(hasher.finalize()), size))
+            Ok((file, hasher.finalize().to_hex().to_string(), size))
         });
         let mut w = Self {
             path: path.to_path_buf(),
@@ -143,11 +142,11 @@ impl StreamWriter {
     /// Flushes and fsyncs. A writer dropped without `finish` (an aggregation that failed)
     /// deletes its file.
     pub fn finish(mut self) -> std::io::Result<WrittenFile> {
-        let (file, sha256, size) = self.join()?;
+        let (file, digest, size) = self.join()?;
         file.sync_all()?;
         Ok(WrittenFile {
             path: std::mem::take(&mut self.path),
-            sha256,
+            digest,
             size,
         })
     }

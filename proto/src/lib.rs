@@ -1,6 +1,6 @@
 //! fedseg's wire protocol, shared by the coordinator and the site agent: the gRPC services
 //! (`pb`), safetensors model files (the only form in which a model travels), chunked transfer
-//! with SHA-256 digests, and the TLS client setup both binaries dial with.
+//! with BLAKE3 digests, and the TLS client setup both binaries dial with.
 
 pub mod client;
 pub mod http;

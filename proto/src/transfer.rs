@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
 use tokio::io::AsyncReadExt;
@@ -22,18 +21,18 @@ pub enum TransferError {
     Invalid(String),
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+pub fn digest_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
-/// SHA-256 of a file, streamed.
-pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
+/// The BLAKE3 digest (hex) of a file, streamed.
+pub async fn digest_file(path: &Path) -> Result<(String, u64), TransferError> {
     let io = |source| TransferError::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut f = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut total = 0u64;
     loop {
@@ -44,7 +43,7 @@ pub async fn sha256_file(path: &Path) -> Result<(String, u64), TransferError> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((hasher.finalize().to_hex().to_string(), total))
 }
 
 /// Reads a file in chunks of at most `CHUNK_BYTES`, sending each into `tx` until the receiver
@@ -135,7 +134,7 @@ pub fn release_page_cache(file: &std::fs::File) {
 pub struct IncomingFile {
     tmp: PathBuf,
     /// Taken while a chunk is being written; None afterwards only if that write failed.
-    open: Option<(std::fs::File, Sha256)>,
+    open: Option<(std::fs::File, blake3::Hasher)>,
     /// After `verify`: the file, awaiting `persist`.
     verified: Option<std::fs::File>,
     received: u64,
@@ -164,7 +163,7 @@ impl IncomingFile {
             .await;
         Ok(Self {
             tmp,
-            open: Some((file, Sha256::new())),
+            open: Some((file, blake3::Hasher::new())),
             verified: None,
             received: 0,
             limit,
@@ -216,10 +215,10 @@ impl IncomingFile {
     pub async fn finish(
         mut self,
         expected_size: u64,
-        expected_sha256: Option<&str>,
+        expected_digest: Option<&str>,
         dest: &Path,
     ) -> Result<String, TransferError> {
-        let verified = self.verify(expected_size, expected_sha256)?;
+        let verified = self.verify(expected_size, expected_digest)?;
         self.persist(dest).await?;
         Ok(verified.digest)
     }
@@ -230,7 +229,7 @@ impl IncomingFile {
     pub fn verify(
         &mut self,
         expected_size: u64,
-        expected_sha256: Option<&str>,
+        expected_digest: Option<&str>,
     ) -> Result<Verified, TransferError> {
         if self.received != expected_size {
             return Err(TransferError::Invalid(format!(
@@ -241,12 +240,12 @@ impl IncomingFile {
         let (file, hasher) = self.open.take().ok_or_else(|| {
             TransferError::Invalid("an earlier write failed or verify ran twice".into())
         })?;
-        let digest = hex::encode(hasher.finalize());
-        if let Some(expected) = expected_sha256
+        let digest = hasher.finalize().to_hex().to_string();
+        if let Some(expected) = expected_digest
             && !expected.eq_ignore_ascii_case(&digest)
         {
             return Err(TransferError::Invalid(format!(
-                "SHA-256 mismatch: sender says {expected}, received bytes hash to {digest}"
+                "digest mismatch: sender says {expected}, received bytes hash to {digest}"
             )));
         }
         let reader = file.try_clone().map_err(|source| TransferError::Io {

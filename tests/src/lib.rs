@@ -432,12 +432,11 @@ impl FakeSite {
         faults: UploadFaults,
     ) -> Result<String, tonic::Status> {
         use fedseg_proto::pb::{self, upload_part::Part};
-        use sha2::Digest;
         let bytes: std::sync::Arc<Vec<u8>> = bytes.into();
         let digest = faults
             .digest
             .clone()
-            .unwrap_or_else(|| hex::encode(sha2::Sha256::digest(bytes.as_slice())));
+            .unwrap_or_else(|| fedseg_proto::transfer::digest_hex(bytes.as_slice()));
         let header = pb::UploadHeader {
             task_id: task_id.to_string(),
             size: faults.announce.unwrap_or(bytes.len() as u64),
@@ -458,12 +457,12 @@ impl FakeSite {
             }
         });
         let trailer = faults.stop_after.is_none().then_some(pb::UploadPart {
-            part: Some(Part::Trailer(pb::UploadTrailer { sha256: digest })),
+            part: Some(Part::Trailer(pb::UploadTrailer { digest })),
         });
         let body = chunks.chain(trailer);
         fedseg_proto::upload::upload_update(&mut self.client, header, tokio_stream::iter(body))
             .await
-            .map(|r| r.sha256)
+            .map(|r| r.digest)
     }
 }
 

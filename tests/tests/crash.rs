@@ -23,7 +23,7 @@ fn final_model(fed: &Fed, job: &str) -> Vec<String> {
         .iter()
         .map(|r| {
             let v = r.output.clone().expect("round output");
-            store.model(&v).expect("read").expect("model").sha256
+            store.model(&v).expect("read").expect("model").digest
         })
         .collect()
 }

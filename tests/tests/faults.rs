@@ -92,7 +92,7 @@ fn bad_updates_and_streams_are_refused_with_reasons() {
                     digest: Some("00".repeat(32)),
                     ..Default::default()
                 },
-                "SHA-256 mismatch",
+                "digest mismatch",
             ),
             (
                 "truncated",

@@ -135,7 +135,7 @@ fn three_sites_run_a_whole_plan() {
             .unwrap_or_else(|| panic!("{site} has no update"));
         updates.push((
             u.sample_count as f64,
-            read_safetensors(&blob(&u.sha256)).expect("update").tensors,
+            read_safetensors(&blob(&u.digest)).expect("update").tensors,
         ));
     }
     assert_eq!(updates.len(), 3);
@@ -144,7 +144,7 @@ fn three_sites_run_a_whole_plan() {
         .model(fed_stage.output.as_deref().expect("output"))
         .expect("read")
         .expect("model");
-    let aggregate = read_safetensors(&blob(&version.sha256))
+    let aggregate = read_safetensors(&blob(&version.digest))
         .expect("aggregate")
         .tensors;
     assert_eq!(
@@ -171,7 +171,7 @@ fn three_sites_run_a_whole_plan() {
         .model(record.stages[4].output.as_deref().expect("ft output"))
         .expect("read")
         .expect("ft");
-    let tuned: BTreeMap<String, Vec<f32>> = read_safetensors(&blob(&ft.sha256))
+    let tuned: BTreeMap<String, Vec<f32>> = read_safetensors(&blob(&ft.digest))
         .expect("ft model")
         .tensors
         .into_iter()
@@ -202,7 +202,7 @@ fn three_sites_run_a_whole_plan() {
         .model(record.stages[3].output.as_deref().expect("fedbn output"))
         .expect("read")
         .expect("fedbn");
-    let shared = read_safetensors(&blob(&bn.sha256))
+    let shared = read_safetensors(&blob(&bn.digest))
         .expect("fedbn model")
         .tensors;
     assert!(

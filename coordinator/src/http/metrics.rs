@@ -40,7 +40,7 @@ pub fn reason_label(message: &str) -> &'static str {
         "wrong_site"
     } else if has(&["exceeds", "limit"]) {
         "too_large"
-    } else if has(&["digest", "sha-256", "sha256"]) {
+    } else if has(&["digest"]) {
         "digest"
     } else if has(&["finite", "nan"]) {
         "not_finite"

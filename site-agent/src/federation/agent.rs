@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fedseg_proto::MAX_MESSAGE_BYTES;
 use fedseg_proto::client::{ConnectError, FederationEndpoint, error_chain};
 use fedseg_proto::pb::{self, site_client::SiteClient, upload_part::Part};
-use fedseg_proto::transfer::{IncomingFile, TransferError, send_file, sha256_file};
+use fedseg_proto::transfer::{IncomingFile, TransferError, digest_file, send_file};
 use fedseg_proto::upload::upload_update;
 use prost::Message;
 use tokio_stream::StreamExt;
@@ -315,7 +315,7 @@ impl Agent {
     }
 
     async fn download(&self, client: &mut Client, m: &pb::ModelRef) -> Result<PathBuf, AgentError> {
-        let hex: String = m.sha256.chars().filter(char::is_ascii_hexdigit).collect();
+        let hex: String = m.digest.chars().filter(char::is_ascii_hexdigit).collect();
         let dest = self
             .bench
             .work_dir
@@ -334,7 +334,7 @@ impl Agent {
         while let Some(chunk) = stream.message().await? {
             file.write(chunk.data).await?;
         }
-        file.finish(m.size, Some(&m.sha256), &dest).await?;
+        file.finish(m.size, Some(&m.digest), &dest).await?;
         Ok(dest)
     }
 
@@ -345,7 +345,7 @@ impl Agent {
                 Ok(())
             }
             Outcome::Update { file, header } => {
-                let (sha, size) = sha256_file(&file).await?;
+                let (sha, size) = digest_file(&file).await?;
                 let header = pb::UploadHeader { size, ..header };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 // Reading starts at once; the channel holds what is read until the
@@ -358,7 +358,7 @@ impl Agent {
                     if sent.is_ok() {
                         let _ = tx
                             .send(Ok(pb::UploadPart {
-                                part: Some(Part::Trailer(pb::UploadTrailer { sha256: sha })),
+                                part: Some(Part::Trailer(pb::UploadTrailer { digest: sha })),
                             }))
                             .await;
                     }
