@@ -1043,6 +1043,16 @@ impl Federation {
         Verdict::Wait
     }
 
+    /// An accepted update as an aggregation input: its blob, weighted by its sample count.
+    fn accepted_input(&self, site: &str, u: &UpdateRecord) -> UpdateInput {
+        UpdateInput {
+            site: site.to_string(),
+            path: self.blobs.path(&u.digest),
+            weight: u.sample_count as f64,
+            open: None,
+        }
+    }
+
     /// The aggregation of a fedavg round over `updates`: strategy, starting model, server
     /// moments and the metadata the new model carries.
     fn aggregation_for(
@@ -1119,15 +1129,7 @@ impl Federation {
         let mut arrived = Vec::new();
         for (s, t) in &round.tasks {
             let (input, digest) = match (&t.update, t.state) {
-                (Some(u), _) => (
-                    UpdateInput {
-                        site: s.clone(),
-                        path: self.blobs.path(&u.digest),
-                        weight: u.sample_count as f64,
-                        open: None,
-                    },
-                    u.digest.clone(),
-                ),
+                (Some(u), _) => (self.accepted_input(s, u), u.digest.clone()),
                 (None, TaskState::Failed) => continue,
                 (None, _) => {
                     let task = TaskId {
@@ -1181,14 +1183,7 @@ impl Federation {
             let updates: Vec<UpdateInput> = round
                 .tasks
                 .iter()
-                .filter_map(|(site, t)| {
-                    t.update.as_ref().map(|u| UpdateInput {
-                        site: site.clone(),
-                        path: self.blobs.path(&u.digest),
-                        weight: u.sample_count as f64,
-                        open: None,
-                    })
-                })
+                .filter_map(|(site, t)| t.update.as_ref().map(|u| self.accepted_input(site, u)))
                 .collect();
             let id = version_id(&job_id, &stage.name, round.index);
             let t0 = Instant::now();

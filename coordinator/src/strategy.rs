@@ -422,22 +422,21 @@ mod tests {
         }
     }
 
+    fn input(site: &str, path: PathBuf, weight: f64) -> UpdateInput {
+        UpdateInput {
+            site: site.into(),
+            path,
+            weight,
+            open: None,
+        }
+    }
+
     #[test]
     fn fedavg_weights_by_sample_count() {
         let d = tempfile::tempdir().expect("tempdir");
         let ups = [
-            UpdateInput {
-                site: "a".into(),
-                path: file(d.path(), "a", &[1.0, 10.0]),
-                weight: 1.0,
-                open: None,
-            },
-            UpdateInput {
-                site: "b".into(),
-                path: file(d.path(), "b", &[4.0, 40.0]),
-                weight: 3.0,
-                open: None,
-            },
+            input("a", file(d.path(), "a", &[1.0, 10.0]), 1.0),
+            input("b", file(d.path(), "b", &[4.0, 40.0]), 3.0),
         ];
         let out = FedAvg
             .aggregate(&ctx(d.path(), &ups, None, None))
@@ -453,17 +452,10 @@ mod tests {
         let handle = Arc::new(File::open(&b).expect("open"));
         std::fs::rename(&b, d.path().join("elsewhere")).expect("rename");
         let ups = [
+            input("a", file(d.path(), "a", &[1.0, 10.0]), 1.0),
             UpdateInput {
-                site: "a".into(),
-                path: file(d.path(), "a", &[1.0, 10.0]),
-                weight: 1.0,
-                open: None,
-            },
-            UpdateInput {
-                site: "b".into(),
-                path: b,
-                weight: 3.0,
                 open: Some(handle),
+                ..input("b", b, 3.0)
             },
         ];
         let out = FedAvg
