@@ -1,0 +1,370 @@
+//! fedseg: f32 2D convolution with stride 1, no dilation and one group (the U-Net's 3×3
+//! convolutions), forward and both backward passes, without im2col.
+//!
+//! Each image is zero-padded once into a plane of `(h + 2ph) × (w + 2pw)` values. The output is
+//! computed on the same padded row length (`w + 2pw`): its last `kw - 1` columns per row are
+//! garbage, cropped at the end. On that grid, kernel tap `(i, j)` is a constant offset
+//! `i·(w + 2pw) + j` into the padded plane, so the convolution is `kh·kw` GEMMs of
+//! `[c_out × c_in] · [c_in × positions]` reading the plane in place, accumulated into one buffer.
+//! The backward passes are the same GEMMs transposed: the weight gradient multiplies the output
+//! gradient (zero in the garbage columns) by the shifted planes; the input gradient scatters
+//! `W_tapᵀ · dY` into a padded plane at each tap's offset and crops it.
+//!
+//! Measured on 2 cores (batch 8), against burn-flex's im2col path and its default backward
+//! (a convolution of `x` by `dY`, and a transposed convolution): 16→16 maps at 128×128 forward
+//! 67 → 18 ms, weight gradient 74 → 12 ms, input gradient 90 → 16 ms.
+//!
+//! Every sum runs in a fixed order (images in the batch are summed in batch order), so the
+//! results do not depend on the number of threads.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use burn_backend::DType;
+use burn_backend::ops::ConvOptions;
+use burn_std::{Bytes, Shape};
+
+use crate::{FlexTensor, Layout};
+
+/// Sizes of one convolution on the padded grid.
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl Geometry {
+    /// Row length of the padded plane and of the output grid.
+    fn row(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    fn h_out(&self) -> usize {
+        self.h + 2 * self.ph + 1 - self.kh
+    }
+    fn w_out(&self) -> usize {
+        self.w + 2 * self.pw + 1 - self.kw
+    }
+    /// Values per padded plane; the slack lets the last tap read whole output rows.
+    fn plane(&self) -> usize {
+        (self.h + 2 * self.ph) * self.row() + self.kw
+    }
+    /// Output positions on the padded grid.
+    fn grid(&self) -> usize {
+        self.h_out() * self.row()
+    }
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+    fn tap_offset(&self, tap: usize) -> usize {
+        (tap / self.kw) * self.row() + tap % self.kw
+    }
+    fn x_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    fn y_len(&self) -> usize {
+        self.c_out * self.h_out() * self.w_out()
+    }
+}
+
+/// The geometry when this path applies: f32, stride 1, dilation 1, one group, symmetric padding,
+/// a kernel larger than 1×1 (1×1 convolutions have their own fast path) that fits the padded
+/// input.
+fn geometry(x: &Shape, weight: &Shape, dtype: DType, options: &ConvOptions<2>) -> Option<Geometry> {
+    if dtype != DType::F32
+        || options.stride != [1, 1]
+        || options.dilation != [1, 1]
+        || options.groups != 1
+        || options.is_asymmetric()
+    {
+        return None;
+    }
+    let (x, weight) = (x.as_slice(), weight.as_slice());
+    if x.len() != 4 || weight.len() != 4 || x[1] != weight[1] {
+        return None;
+    }
+    let [ph, pw] = options.padding_begin();
+    let g = Geometry {
+        batch: x[0],
+        c_in: x[1],
+        c_out: weight[0],
+        h: x[2],
+        w: x[3],
+        kh: weight[2],
+        kw: weight[3],
+        ph,
+        pw,
+    };
+    let fits = g.kh <= g.h + 2 * ph && g.kw <= g.w + 2 * pw;
+    let useful = g.kh * g.kw > 1 && g.batch > 0 && g.c_in > 0 && g.c_out > 0;
+    (fits && useful).then_some(g)
+}
+
+/// Whether `conv2d` and its backward passes take this path.
+pub fn applies(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> bool {
+    x.dtype() == weight.dtype()
+        && geometry(
+            x.layout().shape(),
+            weight.layout().shape(),
+            x.dtype(),
+            options,
+        )
+        .is_some()
+}
+
+fn geometry_of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Geometry {
+    geometry(
+        x.layout().shape(),
+        weight.layout().shape(),
+        x.dtype(),
+        options,
+    )
+    .expect("conv2d_stride1: called where it does not apply")
+}
+
+/// One image's channels, zero-padded into planes.
+fn pad_planes(g: &Geometry, image: &[f32], channels: usize) -> Vec<f32> {
+    let (row, plane) = (g.row(), g.plane());
+    let mut p = vec![0.0f32; channels * plane];
+    for c in 0..channels {
+        for y in 0..g.h {
+            let src = &image[(c * g.h + y) * g.w..][..g.w];
+            p[c * plane + (y + g.ph) * row + g.pw..][..g.w].copy_from_slice(src);
+        }
+    }
+    p
+}
+
+/// One image's output gradient on the padded grid, zero in the garbage columns.
+fn grid_of(g: &Geometry, dy: &[f32]) -> Vec<f32> {
+    let (row, h_out, w_out) = (g.row(), g.h_out(), g.w_out());
+    let mut d = vec![0.0f32; g.c_out * g.grid()];
+    for c in 0..g.c_out {
+        for y in 0..h_out {
+            d[c * g.grid() + y * row..][..w_out]
+                .copy_from_slice(&dy[(c * h_out + y) * w_out..][..w_out]);
+        }
+    }
+    d
+}
+
+/// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, strides in elements (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs,
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs,
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Runs `f(image, out)` for every image of the batch, each writing its own `out` slice: images
+/// in parallel when there are enough of them, otherwise one at a time with a parallel GEMM.
+fn per_image<F>(batch: usize, out: &mut [f32], per: usize, f: F)
+where
+    F: Fn(usize, &mut [f32], gemm::Parallelism) + Send + Sync,
+{
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        if batch >= rayon::current_num_threads() {
+            out.par_chunks_mut(per)
+                .enumerate()
+                .for_each(|(b, o)| f(b, o, gemm::Parallelism::None));
+        } else {
+            for (b, o) in out.chunks_mut(per).enumerate() {
+                f(b, o, gemm::Parallelism::Rayon(0));
+            }
+        }
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (b, o) in out.chunks_mut(per).enumerate() {
+        f(b, o, gemm::Parallelism::None);
+    }
+    let _ = batch;
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape)),
+        DType::F32,
+    )
+}
+
+/// `conv2d(x, weight) + bias`.
+pub fn forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let g = geometry_of(&x, &weight, options);
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let bias = bias.map(|b| b.to_contiguous());
+    let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
+    let bs: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
+    let (h_out, w_out) = (g.h_out(), g.w_out());
+    let mut out = vec![0.0f32; g.batch * g.y_len()];
+    per_image(g.batch, &mut out, g.y_len(), |b, o, par| {
+        let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        let mut acc = vec![0.0f32; g.c_out * grid];
+        for tap in 0..taps {
+            // acc[c_out × grid] += W[:, :, tap] · P[:, offset ..]
+            unsafe {
+                gemm_f32(
+                    g.c_out,
+                    grid,
+                    g.c_in,
+                    acc.as_mut_ptr(),
+                    (grid, 1),
+                    tap > 0,
+                    ws.as_ptr().add(tap),
+                    (g.c_in * taps, taps),
+                    p.as_ptr().add(g.tap_offset(tap)),
+                    (plane, 1),
+                    par,
+                );
+            }
+        }
+        for c in 0..g.c_out {
+            let add = bs.map_or(0.0, |bs| bs[c]);
+            for y in 0..h_out {
+                let src = &acc[c * grid + y * row..][..w_out];
+                let dst = &mut o[(c * h_out + y) * w_out..][..w_out];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s + add;
+                }
+            }
+        }
+    });
+    tensor(out, vec![g.batch, g.c_out, h_out, w_out])
+}
+
+/// The gradient of `conv2d` with respect to `x`.
+pub fn x_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let g = geometry_of(&x, &weight, options);
+    let weight = weight.to_contiguous();
+    let output_grad = output_grad.to_contiguous();
+    let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
+    let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
+    let mut dx = vec![0.0f32; g.batch * g.x_len()];
+    per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
+        let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
+        let mut dp = vec![0.0f32; g.c_in * plane];
+        for tap in 0..taps {
+            // dP[:, offset ..] += W[:, :, tap]ᵀ · dY
+            unsafe {
+                gemm_f32(
+                    g.c_in,
+                    grid,
+                    g.c_out,
+                    dp.as_mut_ptr().add(g.tap_offset(tap)),
+                    (plane, 1),
+                    true,
+                    ws.as_ptr().add(tap),
+                    (taps, g.c_in * taps),
+                    d.as_ptr(),
+                    (grid, 1),
+                    par,
+                );
+            }
+        }
+        for c in 0..g.c_in {
+            for y in 0..g.h {
+                o[(c * g.h + y) * g.w..][..g.w]
+                    .copy_from_slice(&dp[c * plane + (y + g.ph) * row + g.pw..][..g.w]);
+            }
+        }
+    });
+    tensor(dx, vec![g.batch, g.c_in, g.h, g.w])
+}
+
+/// The gradient of `conv2d` with respect to `weight`.
+pub fn weight_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    let g = geometry_of(&x, &weight, options);
+    let x = x.to_contiguous();
+    let output_grad = output_grad.to_contiguous();
+    let (xs, dys): (&[f32], &[f32]) = (x.storage(), output_grad.storage());
+    let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
+    let w_len = g.c_out * g.c_in * taps;
+    // One gradient per image, summed below in batch order.
+    let mut per = vec![0.0f32; g.batch * w_len];
+    per_image(g.batch, &mut per, w_len, |b, dw, par| {
+        let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
+        for tap in 0..taps {
+            // dW[:, :, tap] = dY[c_out × grid] · P[:, offset ..]ᵀ
+            unsafe {
+                gemm_f32(
+                    g.c_out,
+                    g.c_in,
+                    grid,
+                    dw.as_mut_ptr().add(tap),
+                    (g.c_in * taps, taps),
+                    false,
+                    d.as_ptr(),
+                    (grid, 1),
+                    p.as_ptr().add(g.tap_offset(tap)),
+                    (1, plane),
+                    par,
+                );
+            }
+        }
+    });
+    let mut dw = per[..w_len].to_vec();
+    for image in per.chunks_exact(w_len).skip(1) {
+        for (a, v) in dw.iter_mut().zip(image) {
+            *a += v;
+        }
+    }
+    tensor(dw, vec![g.c_out, g.c_in, g.kh, g.kw])
+}
