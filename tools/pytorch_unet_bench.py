@@ -6,7 +6,7 @@ LeakyReLU(0.01) twice, max-pool down, 2x2 transposed conv up, skip concat, 1x1 d
 heads), same loss (CE + soft Dice over classes 1..C, heads weighted 1, 1/2, ... normalised),
 Adam lr 1e-3. Usage:
 
-    python3 tools/pytorch_unet_bench.py --levels 4 --base 16 --max 256 --ds 2 \
+    python3 tools/pytorch_unet_bench.py --levels 5 --base 16 --max 256 --ds 2 \
         --size 128 --batch 8 --steps 10 --threads 2 [--device cuda]
 """
 import argparse
@@ -76,7 +76,7 @@ def head_loss(logits, target):
 
 def main():
     a = argparse.ArgumentParser()
-    a.add_argument("--levels", type=int, default=4)
+    a.add_argument("--levels", type=int, default=5)
     a.add_argument("--base", type=int, default=16)
     a.add_argument("--max", type=int, default=256)
     a.add_argument("--ds", type=int, default=2)
