@@ -162,14 +162,10 @@ fn stride_one_convolutions_match_a_direct_sum() {
         ..same(2, 2, 3, 7)
     });
     check(&Case {
-        batch: 2,
-        c_in: 3,
-        c_out: 2,
-        h: 6,
         w: 11,
         kernel: [5, 3],
-        stride: [1, 1],
         padding: [(2, 2), (1, 1)],
+        ..same(2, 3, 2, 6)
     });
 }
 

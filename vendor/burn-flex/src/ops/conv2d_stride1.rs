@@ -28,7 +28,7 @@ use crate::{FlexTensor, Layout};
 
 /// Sizes of one convolution on the padded grid.
 #[derive(Clone, Copy)]
-struct Geometry {
+pub struct Geometry {
     batch: usize,
     c_in: usize,
     c_out: usize,
@@ -106,26 +106,18 @@ fn geometry(x: &Shape, weight: &Shape, dtype: DType, options: &ConvOptions<2>) -
     (fits && useful).then_some(g)
 }
 
-/// Whether `conv2d` and its backward passes take this path.
-pub fn applies(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> bool {
-    x.dtype() == weight.dtype()
-        && geometry(
-            x.layout().shape(),
-            weight.layout().shape(),
-            x.dtype(),
-            options,
-        )
-        .is_some()
-}
-
-fn geometry_of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Geometry {
+/// The geometry of this convolution when this path takes it (`conv2d` and both backward
+/// passes), `None` when upstream's code should.
+pub fn plan(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Geometry> {
+    if x.dtype() != weight.dtype() {
+        return None;
+    }
     geometry(
         x.layout().shape(),
         weight.layout().shape(),
         x.dtype(),
         options,
     )
-    .expect("conv2d_stride1: called where it does not apply")
 }
 
 /// One image's channels, zero-padded into planes.
@@ -230,12 +222,11 @@ fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 
 /// `conv2d(x, weight) + bias`.
 pub fn forward(
+    g: Geometry,
     x: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
-    options: &ConvOptions<2>,
 ) -> FlexTensor {
-    let g = geometry_of(&x, &weight, options);
     let x = x.to_contiguous();
     let weight = weight.to_contiguous();
     let bias = bias.map(|b| b.to_contiguous());
@@ -280,13 +271,7 @@ pub fn forward(
 }
 
 /// The gradient of `conv2d` with respect to `x`.
-pub fn x_backward(
-    x: FlexTensor,
-    weight: FlexTensor,
-    output_grad: FlexTensor,
-    options: &ConvOptions<2>,
-) -> FlexTensor {
-    let g = geometry_of(&x, &weight, options);
+pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
     let weight = weight.to_contiguous();
     let output_grad = output_grad.to_contiguous();
     let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
@@ -324,13 +309,7 @@ pub fn x_backward(
 }
 
 /// The gradient of `conv2d` with respect to `weight`.
-pub fn weight_backward(
-    x: FlexTensor,
-    weight: FlexTensor,
-    output_grad: FlexTensor,
-    options: &ConvOptions<2>,
-) -> FlexTensor {
-    let g = geometry_of(&x, &weight, options);
+pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
     let x = x.to_contiguous();
     let output_grad = output_grad.to_contiguous();
     let (xs, dys): (&[f32], &[f32]) = (x.storage(), output_grad.storage());

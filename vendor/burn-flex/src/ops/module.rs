@@ -69,8 +69,8 @@ impl ModuleOps<Flex> for Flex {
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
         // fedseg: stride-1 convolutions without im2col (conv2d_stride1.rs).
-        if conv2d_stride1::applies(&x, &weight, &options) {
-            return conv2d_stride1::forward(x, weight, bias, &options);
+        if let Some(g) = conv2d_stride1::plan(&x, &weight, &options) {
+            return conv2d_stride1::forward(g, x, weight, bias);
         }
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
@@ -88,8 +88,8 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         // fedseg: see conv2d.
-        if conv2d_stride1::applies(&x, &weight, &options) {
-            return conv2d_stride1::x_backward(x, weight, output_grad, &options);
+        if let Some(g) = conv2d_stride1::plan(&x, &weight, &options) {
+            return conv2d_stride1::x_backward(g, weight, output_grad);
         }
         conv2d_backward_default::conv2d_x_backward::<Flex>(x, weight, output_grad, options)
     }
@@ -101,8 +101,8 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         // fedseg: see conv2d.
-        if conv2d_stride1::applies(&x, &weight, &options) {
-            return conv2d_stride1::weight_backward(x, weight, output_grad, &options);
+        if let Some(g) = conv2d_stride1::plan(&x, &weight, &options) {
+            return conv2d_stride1::weight_backward(g, x, output_grad);
         }
         conv2d_backward_default::conv2d_weight_backward::<Flex>(x, weight, output_grad, options)
     }
