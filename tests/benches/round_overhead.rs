@@ -10,7 +10,9 @@
 //! measures the debug-profile coordinator the tests use. FEDSEG_BENCH_STATUS=1 also prints
 //! each job's status and the coordinator's log; FEDSEG_BENCH_ROUNDS=N runs N rounds (the first
 //! round pays for memory the next ones reuse); FEDSEG_BENCH_CONFIG adds lines to
-//! coordinator.toml (e.g. `max_concurrent_transfers = 2`).
+//! coordinator.toml (e.g. `max_concurrent_transfers = 2`); FEDSEG_BENCH_WORK_S=S makes each
+//! site wait S seconds between download and upload, as training would (subtracted from the
+//! overhead): the coordinator then sits idle between rounds as it does in real use.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -67,6 +69,7 @@ async fn fake_site(
     fed_ep: fedseg_proto::client::FederationEndpoint,
     model: Arc<Vec<u8>>,
     rounds: u32,
+    work: Duration,
 ) {
     let mut site = FakeSite::connect(&fed_ep).await;
     site.client
@@ -95,6 +98,7 @@ async fn fake_site(
                 .into_inner();
             while s.message().await.expect("chunk").is_some() {}
         }
+        tokio::time::sleep(work).await;
         site.upload(
             &task.task_id,
             Arc::clone(&model),
@@ -148,12 +152,19 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
+    let work = Duration::from_secs_f64(
+        std::env::var("FEDSEG_BENCH_WORK_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0),
+    );
     println!("coordinator: {}", fedseg_tests::binaries().0.display());
     let model = Arc::new(model_bytes(params));
     println!(
-        "model: {} parameters, {:.1} MB; {rounds} rounds per run",
+        "model: {} parameters, {:.1} MB; {rounds} rounds per run; sites wait {:.1} s before uploading",
         params,
-        model.len() as f64 / 1e6
+        model.len() as f64 / 1e6,
+        work.as_secs_f64()
     );
     println!(
         "raw loopback TCP (one socket, 1 GiB): {:.0} MB/s",
@@ -187,6 +198,7 @@ fn main() {
                     fed.endpoint_for(Role::Site, name),
                     model.clone(),
                     rounds,
+                    work,
                 )));
             }
             for h in handles {
@@ -202,7 +214,11 @@ fn main() {
         let cpu = cpu_seconds(pid) - cpu_before;
         let own = cpu_seconds(std::process::id()) - own_before;
         for r in &status.stages[1].rounds {
-            let slowest_training = r.tasks.iter().map(|t| t.work_s).fold(0.0, f64::max);
+            let slowest_training = r
+                .tasks
+                .iter()
+                .map(|t| t.work_s)
+                .fold(work.as_secs_f64(), f64::max);
             let uploads: Vec<f64> = r
                 .tasks
                 .iter()
