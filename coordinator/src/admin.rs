@@ -110,7 +110,7 @@ pub async fn export(admin: &Path, version: &str, out: &Path) -> Result<(String, 
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let mut file = IncomingFile::create(&dir, u64::MAX).await?;
+    let mut file = IncomingFile::create(&dir, u64::MAX, false).await?;
     let mut stream = reply.into_inner();
     while let Some(chunk) = stream.next().await {
         file.write(chunk.map_err(status)?.data).await?;

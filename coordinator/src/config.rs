@@ -32,6 +32,11 @@ pub struct CoordinatorConfig {
     /// each transfer fast instead of all of them slow.
     #[serde(default = "default_transfers")]
     pub max_concurrent_transfers: usize,
+    /// Memory (MiB) for holding the round's updates from arrival to aggregation, which then
+    /// reads them from memory instead of disk (see held.rs); updates beyond it are read back
+    /// from disk. The default holds four updates of a paper-size (35 M-parameter) model.
+    #[serde(default = "default_update_memory")]
+    pub update_memory_mb: u64,
     /// Plain-HTTP address of the read-only status page (`/`), Prometheus metrics
     /// (`/metrics`) and the health check (`/healthz`), e.g. "127.0.0.1:9464"; off when unset.
     /// No client certificate is asked there: keep it on localhost or a monitoring network.
@@ -60,6 +65,9 @@ fn default_heartbeat() -> u32 {
 }
 fn default_transfers() -> usize {
     4
+}
+fn default_update_memory() -> u64 {
+    600
 }
 fn default_max_model() -> u64 {
     8 << 30

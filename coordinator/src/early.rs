@@ -205,6 +205,7 @@ mod tests {
             path,
             weight,
             open: None,
+            held: None,
         }
     }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::early::{Arrived, ArrivedGuard, Early, Inputs, RoundKey};
+use crate::held::HeldUpdates;
 use crate::plan::{Plan, Stage, StageKind};
 use crate::records::*;
 use crate::store::{Store, StoreError};
@@ -62,6 +63,8 @@ pub struct Federation {
     started: Instant,
     pub counters: crate::http::metrics::Counters,
     early: Early,
+    /// Updates kept in memory until their round is aggregated.
+    pub held: Arc<HeldUpdates>,
 }
 
 /// Decision for an open round.
@@ -75,6 +78,7 @@ enum Verdict {
 impl Federation {
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Self>, EngineError> {
         let store = Store::open(&config.state_dir.join("db"))?;
+        let config_update_memory = config.update_memory_mb << 20;
         let blobs = BlobStore::open(&config.state_dir.join("blobs"))
             .map_err(|e| EngineError::Io(format!("{}: {e}", config.state_dir.display())))?;
         let fed = Arc::new(Self {
@@ -87,6 +91,7 @@ impl Federation {
             started: Instant::now(),
             counters: Default::default(),
             early: Early::default(),
+            held: HeldUpdates::new(config_update_memory),
         });
         fed.check_resumable()?;
         Ok(fed)
@@ -286,6 +291,9 @@ impl Federation {
             .job(id)?
             .ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
         if job.state == JobState::Running {
+            if let Some(round) = job.stages.get(job.stage).and_then(|s| s.rounds.last()) {
+                self.release_held(round);
+            }
             job.state = JobState::Cancelled;
             job.reason = Some(format!("cancelled by {who}"));
             job.finished = Some(now_s());
@@ -955,6 +963,9 @@ impl Federation {
                         }
                     }
                     Verdict::Fail(why) => {
+                        if let Some(round) = job.stages[i].rounds.last() {
+                            self.release_held(round);
+                        }
                         let rec = &mut job.stages[i];
                         rec.state = StageState::Failed;
                         rec.reason = Some(why);
@@ -1050,6 +1061,15 @@ impl Federation {
             path: self.blobs.path(&u.digest),
             weight: u.sample_count as f64,
             open: None,
+            held: self.held.get(&u.digest),
+        }
+    }
+
+    /// The round's updates are read for the last time (or never will be): let go of the
+    /// copies held in memory.
+    fn release_held(&self, round: &RoundRecord) {
+        for u in round.tasks.values().filter_map(|t| t.update.as_ref()) {
+            self.held.release(&u.digest);
         }
     }
 
@@ -1147,6 +1167,7 @@ impl Federation {
                             path: a.path,
                             weight: a.weight,
                             open: Some(a.file),
+                            held: self.held.get(&a.digest),
                         },
                         a.digest,
                     )
@@ -1262,6 +1283,7 @@ impl Federation {
         if let Some(last) = rec.rounds.last_mut() {
             last.closed = Some(now_s());
         }
+        self.release_held(&round);
         self.early.forget(&job_id);
         tracing::info!(
             job = job_id,

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod config;
 pub mod early;
 pub mod engine;
+pub mod held;
 pub mod http;
 pub mod pki;
 pub mod plan;

@@ -235,9 +235,16 @@ impl SiteService {
             )));
         }
         let started = Instant::now();
-        let mut file = IncomingFile::create(&self.fed.blobs.incoming_dir(), header.size)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // Held in memory for the aggregation if the budget has room; then the file, read
+        // only after a restart, is written past the page cache.
+        let mut holding = self.fed.held.reserve(header.size);
+        let mut file = IncomingFile::create(
+            &self.fed.blobs.incoming_dir(),
+            header.size,
+            holding.is_some(),
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         let mut check = StreamCheck::new(header.size);
         let mut trailer = None;
         while let Some(part) = stream.next().await {
@@ -253,6 +260,9 @@ impl SiteService {
                             .reject_update(&site, &header.task_id, problem)
                             .await;
                         return Err(status_of(e.unwrap_or_else(|e| e)));
+                    }
+                    if let Some(h) = holding.as_mut() {
+                        h.push(&bytes);
                     }
                     file.write(bytes)
                         .await
@@ -281,6 +291,9 @@ impl SiteService {
             .verify(header.size, Some(&trailer.digest))
             .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
         let digest = verified.digest.clone();
+        if let Some(h) = holding {
+            h.keep(&digest);
+        }
         let arrived = Arrived {
             digest: verified.digest,
             weight: header.sample_count as f64,
@@ -289,9 +302,10 @@ impl SiteService {
         };
         // Held until the update is accepted or refused: the round may aggregate early.
         let arrived = self.fed.update_arrived(&site, &header, arrived).await;
-        file.persist(&tmp)
-            .await
-            .map_err(|e| Status::invalid_argument(format!("upload from {site}: {e}")))?;
+        if let Err(e) = file.persist(&tmp).await {
+            self.fed.held.release(&digest);
+            return Err(Status::invalid_argument(format!("upload from {site}: {e}")));
+        }
         let upload_s = started.elapsed().as_secs_f64();
         let accepted = self
             .fed
@@ -307,7 +321,10 @@ impl SiteService {
         match accepted {
             Ok(()) => arrived.accepted(),
             // Refused updates are not kept (an accepted one was moved into the blob store).
-            Err(_) => drop(tokio::fs::remove_file(&tmp).await),
+            Err(_) => {
+                self.fed.held.release(&digest);
+                drop(tokio::fs::remove_file(&tmp).await)
+            }
         }
         accepted.map_err(status_of)?;
         Ok(pb::UploadReply { digest })

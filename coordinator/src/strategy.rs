@@ -13,6 +13,7 @@ use std::sync::Arc;
 use fedseg_proto::pb::TrainSpec;
 use fedseg_proto::safetensors::{SafetensorsHeader, read_header_of};
 
+use crate::held::HeldBytes;
 use crate::plan::{Stage, StrategyKind};
 use crate::tensors::{STREAM_ELEMENTS, StreamWriter, WrittenFile};
 
@@ -24,6 +25,8 @@ pub struct UpdateInput {
     /// The file already open, for an update read before it is stored under `path`'s name
     /// (an early aggregation); None opens `path`.
     pub open: Option<Arc<File>>,
+    /// The same bytes in memory (held.rs), read instead of the file when present.
+    pub held: Option<Arc<HeldBytes>>,
 }
 
 pub struct AggregateContext<'a> {
@@ -133,9 +136,11 @@ impl Strategy for FedOpt {
     }
 }
 
-/// A model file read in small blocks at known offsets.
+/// A model file read in small blocks at known offsets: from memory if its bytes are held
+/// there, else from the file.
 struct Source {
     file: Arc<File>,
+    held: Option<Arc<HeldBytes>>,
     header: SafetensorsHeader,
     path: PathBuf,
 }
@@ -150,16 +155,23 @@ impl Source {
         let header = read_header_of(&file, path).map_err(|e| e.to_string())?;
         Ok(Self {
             file,
+            held: None,
             header,
             path: path.to_path_buf(),
         })
     }
 
     fn of_update(u: &UpdateInput) -> Result<Self, String> {
-        match &u.open {
+        let mut src = match &u.open {
             Some(file) => Self::of(Arc::clone(file), &u.path),
             None => Self::open(&u.path),
-        }
+        }?;
+        // The header was read from the file: the memory copy must be the same bytes.
+        src.held = u
+            .held
+            .clone()
+            .filter(|h| Some(h.size()) == src.file.metadata().ok().map(|m| m.len()));
+        Ok(src)
     }
 
     /// Byte offset of element `start` of tensor `name`.
@@ -175,6 +187,11 @@ impl Source {
 
     /// Fills `buf` with the file's bytes from `offset` on.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        if let Some(held) = &self.held {
+            return held
+                .read_at(offset, buf)
+                .map_err(|e| format!("{} (held in memory): {e}", self.path.display()));
+        }
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| format!("{}: reading at byte {offset}: {e}", self.path.display()))
@@ -428,6 +445,7 @@ mod tests {
             path,
             weight,
             open: None,
+            held: None,
         }
     }
 
@@ -465,6 +483,43 @@ mod tests {
     }
 
     #[test]
+    fn an_update_held_in_memory_is_read_from_there_if_it_matches_the_file_size() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let hold = |values: &[f32]| {
+            let bytes = std::fs::read(file(d.path(), "tmp", values)).expect("read");
+            let held = crate::held::HeldUpdates::new(1 << 20);
+            let mut h = held.reserve(bytes.len() as u64).expect("room");
+            h.push(&bytes);
+            h.keep("x");
+            held.get("x")
+        };
+        // Same size as b's file, other values: the memory copy is what gets aggregated.
+        let ups = [
+            input("a", file(d.path(), "a", &[1.0, 10.0]), 1.0),
+            UpdateInput {
+                held: hold(&[8.0, 80.0]),
+                ..input("b", file(d.path(), "b", &[4.0, 40.0]), 3.0)
+            },
+        ];
+        let out = FedAvg
+            .aggregate(&ctx(d.path(), &ups, None, None))
+            .expect("aggregate");
+        assert_eq!(values(&out.model.path), [6.25, 62.5]);
+        // A copy that does not match the file's size is not trusted: the file is read.
+        let ups = [
+            input("a", file(d.path(), "a", &[1.0, 10.0]), 1.0),
+            UpdateInput {
+                held: hold(&[8.0, 80.0, 800.0]),
+                ..input("b", file(d.path(), "b", &[4.0, 40.0]), 3.0)
+            },
+        ];
+        let out = FedAvg
+            .aggregate(&ctx(d.path(), &ups, None, None))
+            .expect("aggregate");
+        assert_eq!(values(&out.model.path), [3.25, 32.5]);
+    }
+
+    #[test]
     fn fedadam_and_fedyogi_step_from_the_previous_model() {
         let d = tempfile::tempdir().expect("tempdir");
         let prev = file(d.path(), "prev", &[1.0, 1.0]);
@@ -473,6 +528,7 @@ mod tests {
             path: file(d.path(), "a", &[2.0, 0.0]),
             weight: 1.0,
             open: None,
+            held: None,
         }];
         let (lr, b1, b2, tau) = (0.1, 0.9, 0.99, 1e-3);
         for yogi in [false, true] {
@@ -527,6 +583,7 @@ mod tests {
             path: file(d.path(), "a", &[2.0]),
             weight: 5.0,
             open: None,
+            held: None,
         }];
         let out = FedProx { mu: 0.05 }
             .aggregate(&ctx(d.path(), &ups, None, None))

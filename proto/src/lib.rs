@@ -3,6 +3,7 @@
 //! with BLAKE3 digests, and the TLS client setup both binaries dial with.
 
 pub mod client;
+pub mod direct_io;
 pub mod http;
 pub mod logging;
 pub mod safetensors;

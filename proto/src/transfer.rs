@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use tokio::io::AsyncReadExt;
 
 use crate::CHUNK_BYTES;
+use crate::direct_io::DirectWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -134,7 +135,7 @@ pub fn release_page_cache(file: &std::fs::File) {
 pub struct IncomingFile {
     tmp: PathBuf,
     /// Taken while a chunk is being written; None afterwards only if that write failed.
-    open: Option<(std::fs::File, blake3::Hasher)>,
+    open: Option<(DirectWriter, blake3::Hasher)>,
     /// After `verify`: the file, awaiting `persist`.
     verified: Option<std::fs::File>,
     received: u64,
@@ -143,24 +144,21 @@ pub struct IncomingFile {
 }
 
 impl IncomingFile {
-    pub async fn create(dir: &Path, limit: u64) -> Result<Self, TransferError> {
+    /// `direct`: write past the page cache (see `direct_io`), for a receiver that keeps the
+    /// bytes in memory until it reads them.
+    pub async fn create(dir: &Path, limit: u64, direct: bool) -> Result<Self, TransferError> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".incoming-{}-{n}", std::process::id()));
         // Readable too: `verify` hands out a second handle for reading the bytes.
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let path = tmp.clone();
+        let file = tokio::task::spawn_blocking(move || DirectWriter::create(&path, direct))
             .await
+            .map_err(|e| TransferError::Invalid(format!("writer task: {e}")))?
             .map_err(|source| TransferError::Io {
                 path: tmp.clone(),
                 source,
-            })?
-            .into_std()
-            .await;
+            })?;
         Ok(Self {
             tmp,
             open: Some((file, blake3::Hasher::new())),
@@ -183,7 +181,6 @@ impl IncomingFile {
                 crate::CHUNK_BYTES * 2
             )));
         }
-        let offset = self.received;
         self.received += chunk.len() as u64;
         if self.received > self.limit {
             return Err(TransferError::Invalid(format!(
@@ -198,7 +195,6 @@ impl IncomingFile {
         let written = tokio::task::spawn_blocking(move || {
             hasher.update(&chunk);
             file.write_all(&chunk)?;
-            start_writeback(&file, offset, chunk.len());
             Ok::<_, std::io::Error>((file, hasher))
         })
         .await
@@ -237,7 +233,7 @@ impl IncomingFile {
                 self.received
             )));
         }
-        let (file, hasher) = self.open.take().ok_or_else(|| {
+        let (writer, hasher) = self.open.take().ok_or_else(|| {
             TransferError::Invalid("an earlier write failed or verify ran twice".into())
         })?;
         let digest = hasher.finalize().to_hex().to_string();
@@ -248,10 +244,13 @@ impl IncomingFile {
                 "digest mismatch: sender says {expected}, received bytes hash to {digest}"
             )));
         }
-        let reader = file.try_clone().map_err(|source| TransferError::Io {
+        let io = |source| TransferError::Io {
             path: self.tmp.clone(),
             source,
-        })?;
+        };
+        // A direct writer writes its last partial block here; a small write.
+        let file = writer.finish().map_err(io)?;
+        let reader = file.try_clone().map_err(io)?;
         self.verified = Some(file);
         Ok(Verified {
             digest,

@@ -330,7 +330,8 @@ impl Agent {
             })
             .await?
             .into_inner();
-        let mut file = IncomingFile::create(&self.bench.work_dir.join("models"), m.size).await?;
+        let mut file =
+            IncomingFile::create(&self.bench.work_dir.join("models"), m.size, false).await?;
         while let Some(chunk) = stream.message().await? {
             file.write(chunk.data).await?;
         }
