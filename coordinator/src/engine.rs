@@ -78,7 +78,7 @@ enum Verdict {
 impl Federation {
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Self>, EngineError> {
         let store = Store::open(&config.state_dir.join("db"))?;
-        let config_update_memory = config.update_memory_mb << 20;
+        let held_budget = config.update_memory_mb.saturating_mul(1 << 20);
         let blobs = BlobStore::open(&config.state_dir.join("blobs"))
             .map_err(|e| EngineError::Io(format!("{}: {e}", config.state_dir.display())))?;
         let fed = Arc::new(Self {
@@ -91,7 +91,7 @@ impl Federation {
             started: Instant::now(),
             counters: Default::default(),
             early: Early::default(),
-            held: HeldUpdates::new(config_update_memory),
+            held: HeldUpdates::new(held_budget),
         });
         fed.check_resumable()?;
         Ok(fed)
