@@ -291,9 +291,7 @@ impl Federation {
             .job(id)?
             .ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
         if job.state == JobState::Running {
-            if let Some(round) = job.stages.get(job.stage).and_then(|s| s.rounds.last()) {
-                self.release_held(round);
-            }
+            self.release_current_round(&job);
             job.state = JobState::Cancelled;
             job.reason = Some(format!("cancelled by {who}"));
             job.finished = Some(now_s());
@@ -874,6 +872,7 @@ impl Federation {
             let before = serde_json::to_vec(&job).unwrap_or_default();
             if let Err(e) = self.advance(&mut job) {
                 tracing::error!(job = job.id, "job failed: {e}");
+                self.release_current_round(&job);
                 job.state = JobState::Failed;
                 job.reason = Some(e.to_string());
                 job.finished = Some(now_s());
@@ -1070,6 +1069,13 @@ impl Federation {
     fn release_held(&self, round: &RoundRecord) {
         for u in round.tasks.values().filter_map(|t| t.update.as_ref()) {
             self.held.release(&u.digest);
+        }
+    }
+
+    /// A job stops (cancelled, failed): its open round will not be aggregated.
+    fn release_current_round(&self, job: &JobRecord) {
+        if let Some(round) = job.stages.get(job.stage).and_then(|s| s.rounds.last()) {
+            self.release_held(round);
         }
     }
 
