@@ -146,7 +146,8 @@ impl HeldUpdates {
     }
 
     /// Bytes reserved or held now.
-    pub fn reserved(&self) -> u64 {
+    #[cfg(test)]
+    fn reserved(&self) -> u64 {
         self.state().reserved
     }
 }

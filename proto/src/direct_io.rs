@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// Offset, length and memory alignment for direct I/O: the page size, which covers disks
 /// with 512- and 4096-byte logical blocks.
-pub const ALIGN: usize = 4096;
+const ALIGN: usize = 4096;
 
 /// Bytes collected before each direct write (a multiple of `ALIGN`).
 const BUFFER: usize = 4 << 20;
@@ -87,18 +87,10 @@ impl DirectWriter {
         })
     }
 
-    /// Whether writes bypass the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.buf.is_some()
-    }
-
     /// Bytes accepted so far (written or waiting to be).
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
         self.written + self.pending as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -128,7 +120,7 @@ impl DirectWriter {
                 Ok(()) => {}
                 // Opened direct, but this file system refuses the I/O itself: go buffered.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.written == 0 => {
-                    set_direct(&self.file, false)?;
+                    clear_direct(&self.file)?;
                     self.file.write_all_at(&buf.as_mut()[..n], self.written)?;
                     self.buf = None;
                 }
@@ -157,14 +149,14 @@ impl DirectWriter {
             self.written = len;
         }
         if self.buf.take().is_some() {
-            set_direct(&self.file, false)?;
+            clear_direct(&self.file)?;
         }
         Ok(self.file)
     }
 }
 
-/// Turns `O_DIRECT` on or off for an open file (it is a flag of the open file description).
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
+/// Turns `O_DIRECT` off for an open file (it is a flag of the open file description).
+fn clear_direct(file: &File) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -175,18 +167,13 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
-        let new = if on {
-            flags | libc::O_DIRECT
-        } else {
-            flags & !libc::O_DIRECT
-        };
         // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (file, on);
+    let _ = file;
     Ok(())
 }
 
