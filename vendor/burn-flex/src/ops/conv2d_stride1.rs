@@ -71,6 +71,23 @@ impl Geometry {
     fn y_len(&self) -> usize {
         self.c_out * self.h_out() * self.w_out()
     }
+    /// The convolution whose output is this one's input gradient: the output gradient padded
+    /// by `k - 1 - p`, convolved with the weights flipped and transposed. `None` when the
+    /// padding exceeds `k - 1`.
+    #[cfg_attr(not(all(target_arch = "x86_64", feature = "std")), allow(dead_code))]
+    fn transposed(&self) -> Option<Geometry> {
+        (self.ph < self.kh && self.pw < self.kw).then(|| Geometry {
+            batch: self.batch,
+            c_in: self.c_out,
+            c_out: self.c_in,
+            h: self.h_out(),
+            w: self.w_out(),
+            kh: self.kh,
+            kw: self.kw,
+            ph: self.kh - 1 - self.ph,
+            pw: self.kw - 1 - self.pw,
+        })
+    }
 }
 
 /// The geometry when this path applies: f32, stride 1, dilation 1, one group, symmetric padding,
@@ -212,6 +229,72 @@ where
     let _ = batch;
 }
 
+/// One image's output from the padded grid `acc[c_out × grid]`: the valid columns, plus bias.
+fn crop_grid(g: &Geometry, acc: &[f32], o: &mut [f32], bias: Option<&[f32]>) {
+    let (row, grid, h_out, w_out) = (g.row(), g.grid(), g.h_out(), g.w_out());
+    for c in 0..g.c_out {
+        let add = bias.map_or(0.0, |bs| bs[c]);
+        for y in 0..h_out {
+            let src = &acc[c * grid + y * row..][..w_out];
+            let dst = &mut o[(c * h_out + y) * w_out..][..w_out];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s + add;
+            }
+        }
+    }
+}
+
+/// Runs `f(i)` for `i < count`, in parallel when `par` says the caller is not already.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn for_each_part<F: Fn(usize) + Send + Sync>(count: usize, par: gemm::Parallelism, f: F) {
+    #[cfg(feature = "rayon")]
+    if let gemm::Parallelism::Rayon(_) = par {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().for_each(f);
+        return;
+    }
+    let _ = par;
+    (0..count).for_each(f);
+}
+
+/// A pointer that parts running on other threads write through, each to its own range.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every user writes a range no other part touches (see `for_each_part` callers).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+unsafe impl Send for Shared {}
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+unsafe impl Sync for Shared {}
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `acc[c_out × grid]` of one image from its padded planes `p`, by the AVX-512 kernel.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn conv_grid_avx512(g: &Geometry, p: &[f32], packed: &[f32], par: gemm::Parallelism) -> Vec<f32> {
+    use super::conv2d_stride1_avx512::{CHUNK, Shape, conv_grid};
+    let offsets: Vec<usize> = (0..g.taps()).map(|t| g.tap_offset(t)).collect();
+    let s = Shape {
+        c_out: g.c_out,
+        c_in: g.c_in,
+        plane: g.plane(),
+        grid: g.grid(),
+    };
+    assert!(p.len() >= s.c_in * s.plane);
+    let mut acc = vec![0.0f32; g.c_out * g.grid()];
+    let out = Shared(acc.as_mut_ptr());
+    for_each_part(s.grid.div_ceil(CHUNK), par, |chunk| {
+        // SAFETY: `p` holds c_in padded planes (asserted), `packed` was packed for this
+        // geometry, `acc` holds c_out·grid values, and each chunk writes its own positions.
+        unsafe { conv_grid(s, &offsets, p.as_ptr(), packed.as_ptr(), out.get(), chunk) };
+    });
+    acc
+}
+
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
@@ -232,11 +315,22 @@ pub fn forward(
     let bias = bias.map(|b| b.to_contiguous());
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bs: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
-    let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
+    let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
     let (h_out, w_out) = (g.h_out(), g.w_out());
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let packed = super::conv2d_stride1_avx512::available().then(|| {
+        let k_len = g.c_in * taps;
+        super::conv2d_stride1_avx512::pack(g.c_out, k_len, |o, k| ws[o * k_len + k])
+    });
     let mut out = vec![0.0f32; g.batch * g.y_len()];
     per_image(g.batch, &mut out, g.y_len(), |b, o, par| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if let Some(packed) = &packed {
+            let acc = conv_grid_avx512(&g, &p, packed, par);
+            crop_grid(&g, &acc, o, bs);
+            return;
+        }
         let mut acc = vec![0.0f32; g.c_out * grid];
         for tap in 0..taps {
             // acc[c_out × grid] += W[:, :, tap] · P[:, offset ..]
@@ -256,16 +350,7 @@ pub fn forward(
                 );
             }
         }
-        for c in 0..g.c_out {
-            let add = bs.map_or(0.0, |bs| bs[c]);
-            for y in 0..h_out {
-                let src = &acc[c * grid + y * row..][..w_out];
-                let dst = &mut o[(c * h_out + y) * w_out..][..w_out];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = s + add;
-                }
-            }
-        }
+        crop_grid(&g, &acc, o, bs);
     });
     tensor(out, vec![g.batch, g.c_out, h_out, w_out])
 }
@@ -277,6 +362,23 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
     let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
     let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
     let mut dx = vec![0.0f32; g.batch * g.x_len()];
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if let Some(t) = g
+        .transposed()
+        .filter(|_| super::conv2d_stride1_avx512::available())
+    {
+        // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
+        let packed = super::conv2d_stride1_avx512::pack(t.c_out, t.c_in * taps, |ci, k| {
+            let (co, tap) = (k / taps, k % taps);
+            ws[(co * g.c_in + ci) * taps + taps - 1 - tap]
+        });
+        per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
+            let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
+            let acc = conv_grid_avx512(&t, &p, &packed, par);
+            crop_grid(&t, &acc, o, None);
+        });
+        return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
+    }
     per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
         let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
         let mut dp = vec![0.0f32; g.c_in * plane];
@@ -317,28 +419,64 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     let w_len = g.c_out * g.c_in * taps;
     // One gradient per image, summed below in batch order.
     let mut per = vec![0.0f32; g.batch * w_len];
-    per_image(g.batch, &mut per, w_len, |b, dw, par| {
-        let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-        let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
-        for tap in 0..taps {
-            // dW[:, :, tap] = dY[c_out × grid] · P[:, offset ..]ᵀ
-            unsafe {
-                gemm_f32(
-                    g.c_out,
-                    g.c_in,
-                    grid,
-                    dw.as_mut_ptr().add(tap),
-                    (g.c_in * taps, taps),
-                    false,
-                    d.as_ptr(),
-                    (grid, 1),
-                    p.as_ptr().add(g.tap_offset(tap)),
-                    (1, plane),
-                    par,
-                );
-            }
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let fast = super::conv2d_stride1_avx512::available();
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    let fast = false;
+    if fast {
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            use super::conv2d_stride1_avx512::{WM, weight_grid};
+            // Step k = (input channel, tap) starts at its plane plus the tap's offset.
+            let starts: Vec<usize> = (0..g.c_in * taps)
+                .map(|k| (k / taps) * plane + g.tap_offset(k % taps))
+                .collect();
+            per_image(g.batch, &mut per, w_len, |b, dw, par| {
+                let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+                let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
+                assert!(p.len() >= g.c_in * plane && d.len() == g.c_out * grid);
+                let dw = Shared(dw.as_mut_ptr());
+                for_each_part(g.c_out.div_ceil(WM), par, |block| {
+                    // SAFETY: sizes asserted above (every start + grid <= c_in·plane); each
+                    // block writes its own rows of dw (w_len = c_out·starts.len()).
+                    unsafe {
+                        weight_grid(
+                            g.c_out,
+                            grid,
+                            &starts,
+                            d.as_ptr(),
+                            p.as_ptr(),
+                            dw.get(),
+                            block,
+                        )
+                    };
+                });
+            });
         }
-    });
+    } else {
+        per_image(g.batch, &mut per, w_len, |b, dw, par| {
+            let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+            let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
+            for tap in 0..taps {
+                // dW[:, :, tap] = dY[c_out × grid] · P[:, offset ..]ᵀ
+                unsafe {
+                    gemm_f32(
+                        g.c_out,
+                        g.c_in,
+                        grid,
+                        dw.as_mut_ptr().add(tap),
+                        (g.c_in * taps, taps),
+                        false,
+                        d.as_ptr(),
+                        (grid, 1),
+                        p.as_ptr().add(g.tap_offset(tap)),
+                        (1, plane),
+                        par,
+                    );
+                }
+            }
+        });
+    }
     let mut dw = per[..w_len].to_vec();
     for image in per.chunks_exact(w_len).skip(1) {
         for (a, v) in dw.iter_mut().zip(image) {

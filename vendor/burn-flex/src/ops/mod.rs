@@ -99,6 +99,8 @@ mod conv_common;
 pub mod conv;
 mod conv2d_backward_default;
 pub mod conv2d_stride1;
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+mod conv2d_stride1_avx512;
 pub mod conv_transpose;
 pub mod cumulative;
 pub mod deform_conv;

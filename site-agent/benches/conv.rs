@@ -1,0 +1,105 @@
+//! The CPU backend's stride-1 3×3 convolutions at the CPU U-Net's shapes (128 px input): forward,
+//! input gradient and weight gradient, in ms and GFLOP/s, on the kernels this CPU picks and on
+//! the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), one after the other.
+//!
+//! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
+
+use std::time::Instant;
+
+use burn::tensor::TensorData;
+use burn::tensor::ops::ConvOptions;
+use burn_flex::FlexTensor;
+use burn_flex::ops::conv2d_stride1 as conv;
+
+/// (input channels, output channels, image size) of every 3×3 convolution of the `cpu` U-Net.
+const SHAPES: [(usize, usize, usize); 14] = [
+    (1, 16, 128),
+    (16, 16, 128),
+    (16, 32, 64),
+    (32, 32, 64),
+    (32, 64, 32),
+    (64, 64, 32),
+    (64, 128, 16),
+    (128, 128, 16),
+    (128, 64, 32),
+    (64, 64, 32),
+    (64, 32, 64),
+    (32, 32, 64),
+    (32, 16, 128),
+    (16, 16, 128),
+];
+
+fn tensor(shape: [usize; 4], seed: usize) -> FlexTensor {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// Median seconds of `repeats` runs of `f`.
+fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    for kernels in ["default", "gemm"] {
+        // SAFETY: single-threaded here; the backend reads it on this thread at each call.
+        unsafe {
+            if kernels == "gemm" {
+                std::env::set_var("BURN_FLEX_CONV_KERNEL", "gemm");
+            } else {
+                std::env::remove_var("BURN_FLEX_CONV_KERNEL");
+            }
+        }
+        println!("kernels: {kernels} (batch {batch}, median of {repeats})");
+        println!("  c_in → c_out  size   forward ms  GFLOP/s   dx ms  GFLOP/s   dw ms  GFLOP/s");
+        let mut total = [0.0f64; 3];
+        for &(c_in, c_out, size) in &SHAPES {
+            let x = tensor([batch, c_in, size, size], 1);
+            let w = tensor([c_out, c_in, 3, 3], 2);
+            let dy = tensor([batch, c_out, size, size], 3);
+            let g = conv::plan(&x, &w, &options)
+                .ok_or_else(|| anyhow::anyhow!("stride-1 path refused {c_in}→{c_out}"))?;
+            let t = [
+                time(repeats, || {
+                    drop(conv::forward(g, x.clone(), w.clone(), None))
+                }),
+                time(repeats, || drop(conv::x_backward(g, w.clone(), dy.clone()))),
+                time(repeats, || {
+                    drop(conv::weight_backward(g, x.clone(), dy.clone()))
+                }),
+            ];
+            let gflop = 2.0 * (batch * c_in * c_out * 9 * size * size) as f64 / 1e9;
+            print!("  {c_in:4} → {c_out:<4} {size:5}");
+            for (i, s) in t.iter().enumerate() {
+                total[i] += s;
+                print!("  {:9.2}  {:7.1}", s * 1e3, gflop / s);
+            }
+            println!();
+        }
+        println!(
+            "  total ms: forward {:.1}, dx {:.1}, dw {:.1}",
+            total[0] * 1e3,
+            total[1] * 1e3,
+            total[2] * 1e3
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The CPU backend's 2D convolution (ours for stride 1: vendor/burn-flex conv2d_stride1.rs;
+//! upstream's for the rest) against a direct f64 sum: forward, input gradient and weight
+//! gradient, for the U-Net's shapes and the edges of the fast paths. Shared by `conv.rs` (the
+//! kernels this CPU picks) and `conv_gemm.rs` (the portable GEMM path).
+
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
+use fedseg_site::train::{DeviceKind, device_for};
+
+struct Case {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+}
+
+impl Case {
+    fn out(&self) -> [usize; 2] {
+        let size = |i: usize, n: usize| {
+            (n + self.padding[i].0 + self.padding[i].1 - self.kernel[i]) / self.stride[i] + 1
+        };
+        [size(0, self.h), size(1, self.w)]
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// (output, dL/dx, dL/dw, dL/db) for L = sum(output · upstream), summed directly in f64.
+fn reference(
+    c: &Case,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    up: &[f32],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let [ho, wo] = c.out();
+    let [kh, kw] = c.kernel;
+    let mut y = vec![0.0f64; c.batch * c.c_out * ho * wo];
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let mut db = vec![0.0f64; b.len()];
+    for n in 0..c.batch {
+        for o in 0..c.c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let yi = ((n * c.c_out + o) * ho + oy) * wo + ox;
+                    let g = f64::from(up[yi]);
+                    let mut s = f64::from(b[o]);
+                    db[o] += g;
+                    for i in 0..c.c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * c.stride[0] + ky) as isize - c.padding[0].0 as isize;
+                                let ix = (ox * c.stride[1] + kx) as isize - c.padding[1].0 as isize;
+                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * c.c_in + i) * c.h + iy as usize) * c.w + ix as usize;
+                                let wi = ((o * c.c_in + i) * kh + ky) * kw + kx;
+                                s += f64::from(x[xi]) * f64::from(w[wi]);
+                                dx[xi] += g * f64::from(w[wi]);
+                                dw[wi] += g * f64::from(x[xi]);
+                            }
+                        }
+                    }
+                    y[yi] = s;
+                }
+            }
+        }
+    }
+    (y, dx, dw, db)
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], scale: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-4 * scale.max(1.0);
+        assert!(
+            (f64::from(*g) - w).abs() <= tol,
+            "{what}[{i}]: got {g}, want {w} (tolerance {tol})"
+        );
+    }
+}
+
+fn check(c: &Case) {
+    let device = device_for(DeviceKind::Cpu).unwrap().autodiff();
+    let [kh, kw] = c.kernel;
+    let [ho, wo] = c.out();
+    let xs = values(c.batch * c.c_in * c.h * c.w, 1);
+    let ws = values(c.c_out * c.c_in * kh * kw, 2);
+    let bs = values(c.c_out, 3);
+    let ups = values(c.batch * c.c_out * ho * wo, 4);
+    let x: Tensor<4> = Tensor::from_data(
+        TensorData::new(xs.clone(), [c.batch, c.c_in, c.h, c.w]),
+        &device,
+    )
+    .require_grad();
+    let w: Tensor<4> = Tensor::from_data(
+        TensorData::new(ws.clone(), [c.c_out, c.c_in, kh, kw]),
+        &device,
+    )
+    .require_grad();
+    let b: Tensor<1> =
+        Tensor::from_data(TensorData::new(bs.clone(), [c.c_out]), &device).require_grad();
+    let up: Tensor<4> = Tensor::from_data(
+        TensorData::new(ups.clone(), [c.batch, c.c_out, ho, wo]),
+        &device,
+    );
+    let options = ConvOptions::new_with_padding(c.stride, c.padding, [1, 1], 1);
+    let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options);
+    assert_eq!(y.dims(), [c.batch, c.c_out, ho, wo]);
+    let grads = (y.clone() * up).sum().backward();
+    let (want_y, want_dx, want_dw, want_db) = reference(c, &xs, &ws, &bs, &ups);
+    // Sums over more terms carry more f32 rounding.
+    let terms = (c.c_in * kh * kw) as f64;
+    let batch_terms = (c.batch * ho * wo) as f64;
+    assert_close("output", &to_vec(y), &want_y, terms.sqrt());
+    let dx = x.grad(&grads).expect("x gradient");
+    assert_close("dL/dx", &to_vec(dx), &want_dx, (c.c_out * kh * kw) as f64);
+    let dw = w.grad(&grads).expect("weight gradient");
+    assert_close("dL/dw", &to_vec(dw), &want_dw, batch_terms.sqrt());
+    let db = b.grad(&grads).expect("bias gradient");
+    assert_close("dL/db", &to_vec(db), &want_db, batch_terms.sqrt());
+}
+
+/// Stride-1 convolutions: the U-Net's shapes and every edge of their kernels.
+pub fn stride_one() {
+    let same = |batch, c_in, c_out, size| Case {
+        batch,
+        c_in,
+        c_out,
+        h: size,
+        w: size,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [(1, 1), (1, 1)],
+    };
+    // The U-Net's 3×3 "same" convolutions: a batch split over threads, and one image alone
+    // (the GEMM itself parallel).
+    check(&same(4, 3, 5, 9));
+    check(&same(1, 6, 4, 12));
+    check(&same(3, 16, 8, 8));
+    // No padding, a non-square kernel with its own padding, a non-square image.
+    check(&Case {
+        padding: [(0, 0), (0, 0)],
+        ..same(2, 2, 3, 7)
+    });
+    check(&Case {
+        w: 11,
+        kernel: [5, 3],
+        padding: [(2, 2), (1, 1)],
+        ..same(2, 3, 2, 6)
+    });
+    // Several chunks of positions, channel counts that fill no block of the AVX-512 kernels
+    // (8 and 4 output channels, 6 steps), one image alone (chunks and blocks in parallel).
+    check(&same(1, 17, 20, 40));
+    check(&same(2, 1, 3, 33));
+    // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
+    // output gradient.
+    check(&Case {
+        padding: [(3, 3), (2, 2)],
+        ..same(2, 3, 2, 6)
+    });
+}
+
+/// Convolutions the stride-1 path leaves to upstream.
+pub fn others() {
+    let base = Case {
+        batch: 2,
+        c_in: 3,
+        c_out: 4,
+        h: 8,
+        w: 7,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [(1, 1), (1, 1)],
+    };
+    // Strided, asymmetric padding, and 1×1 take upstream's code (whose weight gradient is itself
+    // a convolution, ours where it has stride 1).
+    check(&Case {
+        stride: [2, 2],
+        ..base
+    });
+    check(&Case {
+        padding: [(1, 0), (0, 1)],
+        ..base
+    });
+    check(&Case {
+        kernel: [1, 1],
+        padding: [(0, 0), (0, 0)],
+        ..base
+    });
+}
