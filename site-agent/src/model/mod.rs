@@ -2,6 +2,7 @@
 //! train, and safetensors files.
 
 pub mod loss;
+pub mod norm;
 pub mod params;
 /// safetensors files live in the wire-protocol crate: the coordinator reads them too.
 pub use fedseg_proto::safetensors;

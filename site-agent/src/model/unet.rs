@@ -14,6 +14,8 @@ use burn::nn::{InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::norm::instance_norm;
+
 /// The architecture: everything needed to rebuild the same network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,8 +188,8 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = leaky_relu(self.norm1.forward(self.conv1.forward(x)));
-        leaky_relu(self.norm2.forward(self.conv2.forward(x)))
+        let x = leaky_relu(instance_norm(&self.norm1, self.conv1.forward(x)));
+        leaky_relu(instance_norm(&self.norm2, self.conv2.forward(x)))
     }
 }
 

@@ -92,6 +92,7 @@ pub mod activation;
 pub mod attention;
 pub mod binary;
 mod bool;
+pub mod batch_norm;
 pub mod cat;
 pub mod comparison;
 #[macro_use]
