@@ -44,7 +44,7 @@ mod tests {
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_into_vec::<f32>()
             .expect("f32 data")
     }
 
