@@ -273,26 +273,42 @@ impl Shared {
     }
 }
 
-/// `acc[c_out × grid]` of one image from its padded planes `p`, by the AVX-512 kernel.
+/// One image's output `o[c_out × h_out × w_out]` (plus bias) from its padded planes `p`, by the
+/// AVX-512 kernel, which stores the valid columns straight into `o`.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn conv_grid_avx512(g: &Geometry, p: &[f32], packed: &[f32], par: gemm::Parallelism) -> Vec<f32> {
-    use super::conv2d_stride1_avx512::{CHUNK, Shape, conv_grid};
+fn conv_avx512(
+    g: &Geometry,
+    p: &[f32],
+    packed: &[f32],
+    o: &mut [f32],
+    bias: Option<&[f32]>,
+    par: gemm::Parallelism,
+) {
+    use super::conv2d_stride1_avx512::{CHUNK, Out, Shape, conv_grid};
     let offsets: Vec<usize> = (0..g.taps()).map(|t| g.tap_offset(t)).collect();
     let s = Shape {
         c_out: g.c_out,
         c_in: g.c_in,
         plane: g.plane(),
         grid: g.grid(),
+        row: g.row(),
+        w_out: g.w_out(),
     };
-    assert!(p.len() >= s.c_in * s.plane);
-    let mut acc = vec![0.0f32; g.c_out * g.grid()];
-    let out = Shared(acc.as_mut_ptr());
+    let plane = g.h_out() * g.w_out();
+    assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
+    assert!(bias.is_none_or(|b| b.len() >= s.c_out));
+    let out = Shared(o.as_mut_ptr());
+    let bias = bias.map(|b| Shared(b.as_ptr().cast_mut()));
     for_each_part(s.grid.div_ceil(CHUNK), par, |chunk| {
-        // SAFETY: `p` holds c_in padded planes (asserted), `packed` was packed for this
-        // geometry, `acc` holds c_out·grid values, and each chunk writes its own positions.
-        unsafe { conv_grid(s, &offsets, p.as_ptr(), packed.as_ptr(), out.get(), chunk) };
+        let out = Out {
+            ptr: out.get(),
+            plane,
+            bias: bias.map(|b| b.get().cast_const()),
+        };
+        // SAFETY: sizes asserted above, `packed` was packed for this geometry, and each chunk
+        // writes the outputs of its own grid positions.
+        unsafe { conv_grid(s, &offsets, p.as_ptr(), packed.as_ptr(), out, chunk) };
     });
-    acc
 }
 
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -327,8 +343,7 @@ pub fn forward(
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         if let Some(packed) = &packed {
-            let acc = conv_grid_avx512(&g, &p, packed, par);
-            crop_grid(&g, &acc, o, bs);
+            conv_avx512(&g, &p, packed, o, bs, par);
             return;
         }
         let mut acc = vec![0.0f32; g.c_out * grid];
@@ -374,8 +389,7 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
         });
         per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
             let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
-            let acc = conv_grid_avx512(&t, &p, &packed, par);
-            crop_grid(&t, &acc, o, None);
+            conv_avx512(&t, &p, &packed, o, None, par);
         });
         return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
     }
@@ -426,30 +440,28 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     if fast {
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         {
-            use super::conv2d_stride1_avx512::{WM, weight_grid};
+            use super::conv2d_stride1_avx512::{WM, WeightShape, weight_grid};
             // Step k = (input channel, tap) starts at its plane plus the tap's offset.
             let starts: Vec<usize> = (0..g.c_in * taps)
                 .map(|k| (k / taps) * plane + g.tap_offset(k % taps))
                 .collect();
+            let s = WeightShape {
+                c_out: g.c_out,
+                h_out: g.h_out(),
+                w_out: g.w_out(),
+                row: g.row(),
+            };
             per_image(g.batch, &mut per, w_len, |b, dw, par| {
                 let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-                let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
-                assert!(p.len() >= g.c_in * plane && d.len() == g.c_out * grid);
+                let d = &dys[b * g.y_len()..][..g.y_len()];
+                // Every start + (h_out - 1)·row + w_out <= c_in·plane (the last tap's offset
+                // is (kh - 1)·row + kw - 1, and plane covers (h + 2ph)·row + kw).
+                assert!(p.len() >= g.c_in * plane);
                 let dw = Shared(dw.as_mut_ptr());
                 for_each_part(g.c_out.div_ceil(WM), par, |block| {
-                    // SAFETY: sizes asserted above (every start + grid <= c_in·plane); each
-                    // block writes its own rows of dw (w_len = c_out·starts.len()).
-                    unsafe {
-                        weight_grid(
-                            g.c_out,
-                            grid,
-                            &starts,
-                            d.as_ptr(),
-                            p.as_ptr(),
-                            dw.get(),
-                            block,
-                        )
-                    };
+                    // SAFETY: sizes checked above; each block writes its own rows of dw
+                    // (w_len = c_out·starts.len()).
+                    unsafe { weight_grid(s, &starts, d.as_ptr(), p.as_ptr(), dw.get(), block) };
                 });
             });
         }

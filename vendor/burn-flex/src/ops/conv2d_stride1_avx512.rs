@@ -9,9 +9,11 @@
 //! through all `c_in·kh·kw` steps.
 //!
 //! - [`conv_grid`]: `out[c_out × grid] = Σ_k W[c_out, k] · P[k, positions]`, blocks of
-//!   [`MR`] output channels × 48 positions (24 accumulators).
+//!   [`MR`] output channels × 48 positions (24 accumulators), stored straight into the output
+//!   without the grid's dropped columns.
 //! - [`weight_grid`]: `dW[c_out, k] = Σ_positions dY[c_out, positions] · P[k, positions]`,
-//!   blocks of 4 output channels × 6 `k`, vectors along the positions, reduced at the end.
+//!   blocks of 4 output channels × 6 `k`, vectors along each output row (read where they lie,
+//!   no copy of `dY`), reduced at the end.
 //!
 //! Tails (positions, channels) use masked loads and stores, so nothing is read or written past
 //! the data. Every sum runs in a fixed order that depends only on the shapes.
@@ -60,58 +62,86 @@ pub fn pack(c_out: usize, k_len: usize, at: impl Fn(usize, usize) -> f32) -> Vec
 /// One convolution's sizes as the kernels see them.
 #[derive(Clone, Copy)]
 pub struct Shape {
-    /// Output channels (rows of `out`).
+    /// Output channels.
     pub c_out: usize,
     /// Input channels (planes of `P`).
     pub c_in: usize,
     /// Values per input plane.
     pub plane: usize,
-    /// Output positions per channel (row stride of `out`).
+    /// Output positions per channel on the padded grid.
     pub grid: usize,
+    /// Positions per grid row; the first `w_out` of each are outputs, the rest are dropped.
+    pub row: usize,
+    pub w_out: usize,
 }
 
-/// Output positions `chunk·CHUNK ..` of `out[c_out × grid] = Σ_k W · P` where step
+/// Where the outputs go: channel `o`'s output at grid position `y·row + x` (`x < w_out`) is
+/// stored at `ptr[o·plane + y·w_out + x]`, plus `bias[o]` when there is a bias.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub ptr: *mut f32,
+    pub plane: usize,
+    pub bias: Option<*const f32>,
+}
+
+/// Grid positions `chunk·CHUNK ..` of `out = Σ_k W · P (+ bias)` where step
 /// `k = c·taps + t` reads `P[c·plane + offsets[t] + position]`.
 ///
 /// # Safety
 /// `p` holds `c_in` planes of `plane` values and every `offsets[t] + position < plane` for
 /// positions below `grid`; `packed` comes from [`pack`] with `k = c_in·offsets.len()`; `out`
-/// holds `c_out·grid` values and no other thread writes this chunk.
+/// holds `c_out` planes of `grid / row · w_out` values, `bias` (if any) `c_out` values, and no
+/// other thread writes this chunk.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn conv_grid(
     s: Shape,
     offsets: &[usize],
     p: *const f32,
     packed: *const f32,
-    out: *mut f32,
+    out: Out,
     chunk: usize,
 ) {
     let k_len = s.c_in * offsets.len();
     let start = chunk * CHUNK;
     let end = (start + CHUNK).min(s.grid);
+    // Per block of NR positions in this chunk: the load masks (the grid's tail), and per vector
+    // the lanes outside the dropped columns with where the first of them goes; stored
+    // contiguously from there, as outputs are in grid order with the dropped ones removed.
+    let mut blocks = [([0 as __mmask16; NV], [(0 as __mmask16, 0usize); NV]); CHUNK / NR];
+    for (i, (masks, stores)) in blocks.iter_mut().enumerate() {
+        let n = start + i * NR;
+        let len = end.saturating_sub(n).min(NR);
+        *masks = core::array::from_fn(|v| lanes(len.saturating_sub(16 * v)));
+        *stores = core::array::from_fn(|v| {
+            let (mut keep, mut at) = (0u16, None);
+            for l in 0..16.min(len.saturating_sub(16 * v)) {
+                let q = n + 16 * v + l;
+                if q % s.row < s.w_out {
+                    keep |= 1 << l;
+                    at.get_or_insert(q / s.row * s.w_out + q % s.row);
+                }
+            }
+            (keep, at.unwrap_or(0))
+        });
+    }
+    let count = (end - start).div_ceil(NR);
     for block in 0..s.c_out.div_ceil(MR) {
         let rows = (s.c_out - block * MR).min(MR);
         let w = unsafe { packed.add(block * k_len * MR) };
-        let mut n = start;
-        while n < end {
-            let len = (end - n).min(NR);
-            let masks = [
-                lanes(len),
-                lanes(len.saturating_sub(16)),
-                lanes(len.saturating_sub(32)),
-            ];
+        for (i, &(masks, stores)) in blocks.iter().enumerate().take(count) {
             unsafe {
                 conv_block(
                     s,
                     offsets,
-                    p.add(n),
+                    p.add(start + i * NR),
                     w,
-                    out.add(block * MR * s.grid + n),
-                    rows,
                     masks,
+                    out,
+                    block * MR,
+                    rows,
+                    stores,
                 );
             }
-            n += NR;
         }
     }
 }
@@ -119,14 +149,17 @@ pub unsafe fn conv_grid(
 /// `MR × NR` outputs through all `k`.
 #[target_feature(enable = "avx512f")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn conv_block(
     s: Shape,
     offsets: &[usize],
     p: *const f32,
     mut w: *const f32,
-    out: *mut f32,
-    rows: usize,
     masks: [__mmask16; NV],
+    out: Out,
+    first_row: usize,
+    rows: usize,
+    stores: [(__mmask16, usize); NV],
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     for c in 0..s.c_in {
@@ -146,8 +179,17 @@ unsafe fn conv_block(
         }
     }
     for (r, acc) in acc.iter().enumerate().take(rows) {
+        let o = first_row + r;
+        let bias = out.bias.map_or(0.0, |b| unsafe { *b.add(o) });
+        let bias = _mm512_set1_ps(bias);
         for v in 0..NV {
-            unsafe { _mm512_mask_storeu_ps(out.add(r * s.grid + 16 * v), masks[v], acc[v]) };
+            let (keep, at) = stores[v];
+            if keep == 0 {
+                continue;
+            }
+            let packed = _mm512_maskz_compress_ps(keep, _mm512_add_ps(acc[v], bias));
+            let count = keep.count_ones() as usize;
+            unsafe { _mm512_mask_storeu_ps(out.ptr.add(o * out.plane + at), lanes(count), packed) };
         }
     }
 }
@@ -157,16 +199,27 @@ pub const WM: usize = 4;
 /// Steps `k` per block of [`weight_grid`].
 const WK: usize = 6;
 
+/// Sizes of [`weight_grid`]'s operands.
+#[derive(Clone, Copy)]
+pub struct WeightShape {
+    pub c_out: usize,
+    /// Output rows and columns: `dY` is `[c_out][h_out][w_out]`.
+    pub h_out: usize,
+    pub w_out: usize,
+    /// Row length of the padded planes of `P`.
+    pub row: usize,
+}
+
 /// For output channels `block·WM ..` (at most [`WM`]) and every `k < starts.len()`:
-/// `dw[o·k_len + k] = Σ_{n < grid} d[o·grid + n] · P[starts[k] + n]`.
+/// `dw[o·k_len + k] = Σ_{y, x} dY[o][y][x] · P[starts[k] + y·row + x]`.
 ///
 /// # Safety
-/// `d` holds `c_out·grid` values, `p` at least `starts[k] + grid` for every `k`; `dw` holds
-/// `c_out·starts.len()` values and no other thread writes this block's rows.
+/// `d` holds `c_out·h_out·w_out` values, `p` at least `starts[k] + (h_out - 1)·row + w_out`
+/// for every `k`; `dw` holds `c_out·starts.len()` values and no other thread writes this
+/// block's rows.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn weight_grid(
-    c_out: usize,
-    grid: usize,
+    s: WeightShape,
     starts: &[usize],
     d: *const f32,
     p: *const f32,
@@ -175,27 +228,32 @@ pub unsafe fn weight_grid(
 ) {
     let k_len = starts.len();
     let o0 = block * WM;
+    let out_plane = s.h_out * s.w_out;
     // Rows and steps past the end repeat the last one; their sums are not stored.
     let rows: [*const f32; WM] =
-        core::array::from_fn(|r| unsafe { d.add((o0 + r).min(c_out - 1) * grid) });
+        core::array::from_fn(|r| unsafe { d.add((o0 + r).min(s.c_out - 1) * out_plane) });
     for k0 in (0..k_len).step_by(WK) {
         let cols: [*const f32; WK] =
             core::array::from_fn(|t| unsafe { p.add(starts[(k0 + t).min(k_len - 1)]) });
         let mut acc = [[_mm512_setzero_ps(); WK]; WM];
-        let mut n = 0;
-        while n < grid {
-            let m = lanes(grid - n);
-            let dv: [__m512; WM] =
-                core::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(m, rows[r].add(n)) });
-            for t in 0..WK {
-                let pv = unsafe { _mm512_maskz_loadu_ps(m, cols[t].add(n)) };
-                for r in 0..WM {
-                    acc[r][t] = _mm512_fmadd_ps(dv[r], pv, acc[r][t]);
+        for y in 0..s.h_out {
+            let (dy_at, p_at) = (y * s.w_out, y * s.row);
+            let mut x = 0;
+            while x < s.w_out {
+                let m = lanes(s.w_out - x);
+                let dv: [__m512; WM] = core::array::from_fn(|r| unsafe {
+                    _mm512_maskz_loadu_ps(m, rows[r].add(dy_at + x))
+                });
+                for t in 0..WK {
+                    let pv = unsafe { _mm512_maskz_loadu_ps(m, cols[t].add(p_at + x)) };
+                    for r in 0..WM {
+                        acc[r][t] = _mm512_fmadd_ps(dv[r], pv, acc[r][t]);
+                    }
                 }
+                x += 16;
             }
-            n += 16;
         }
-        for r in 0..WM.min(c_out - o0) {
+        for r in 0..WM.min(s.c_out - o0) {
             for t in 0..WK.min(k_len - k0) {
                 unsafe { *dw.add((o0 + r) * k_len + k0 + t) = _mm512_reduce_add_ps(acc[r][t]) };
             }
