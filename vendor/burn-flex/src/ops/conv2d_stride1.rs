@@ -137,15 +137,19 @@ pub fn plan(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Op
     )
 }
 
-/// One image's channels, zero-padded into planes.
+/// One image's channels, zero-padded into planes: written once, borders and interior in order
+/// (no zero fill of the whole buffer first).
 fn pad_planes(g: &Geometry, image: &[f32], channels: usize) -> Vec<f32> {
     let (row, plane) = (g.row(), g.plane());
-    let mut p = vec![0.0f32; channels * plane];
+    let mut p = Vec::with_capacity(channels * plane);
     for c in 0..channels {
+        p.resize(p.len() + g.ph * row, 0.0);
         for y in 0..g.h {
-            let src = &image[(c * g.h + y) * g.w..][..g.w];
-            p[c * plane + (y + g.ph) * row + g.pw..][..g.w].copy_from_slice(src);
+            p.resize(p.len() + g.pw, 0.0);
+            p.extend_from_slice(&image[(c * g.h + y) * g.w..][..g.w]);
+            p.resize(p.len() + row - g.w - g.pw, 0.0);
         }
+        p.resize((c + 1) * plane, 0.0);
     }
     p
 }
