@@ -302,12 +302,11 @@ fn conv_avx512(
     assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
     assert!(bias.is_none_or(|b| b.len() >= s.c_out));
     let out = Shared(o.as_mut_ptr());
-    let bias = bias.map(|b| Shared(b.as_ptr().cast_mut()));
     for_each_part(s.grid.div_ceil(CHUNK), par, |chunk| {
         let out = Out {
             ptr: out.get(),
             plane,
-            bias: bias.map(|b| b.get().cast_const()),
+            bias,
         };
         // SAFETY: sizes asserted above, `packed` was packed for this geometry, and each chunk
         // writes the outputs of its own grid positions.
@@ -435,64 +434,71 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     let (xs, dys): (&[f32], &[f32]) = (x.storage(), output_grad.storage());
     let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
     let w_len = g.c_out * g.c_in * taps;
-    // One gradient per image, summed below in batch order.
+    // One gradient per image, summed in batch order by `sum_images`.
     let mut per = vec![0.0f32; g.batch * w_len];
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let fast = super::conv2d_stride1_avx512::available();
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
-    let fast = false;
-    if fast {
-        #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        {
-            use super::conv2d_stride1_avx512::{WM, WeightShape, weight_grid};
-            // Step k = (input channel, tap) starts at its plane plus the tap's offset.
-            let starts: Vec<usize> = (0..g.c_in * taps)
-                .map(|k| (k / taps) * plane + g.tap_offset(k % taps))
-                .collect();
-            let s = WeightShape {
-                c_out: g.c_out,
-                h_out: g.h_out(),
-                w_out: g.w_out(),
-                row: g.row(),
-            };
-            per_image(g.batch, &mut per, w_len, |b, dw, par| {
-                let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-                let d = &dys[b * g.y_len()..][..g.y_len()];
-                // Every start + (h_out - 1)·row + w_out <= c_in·plane (the last tap's offset
-                // is (kh - 1)·row + kw - 1, and plane covers (h + 2ph)·row + kw).
-                assert!(p.len() >= g.c_in * plane);
-                let dw = Shared(dw.as_mut_ptr());
-                for_each_part(g.c_out.div_ceil(WM), par, |block| {
-                    // SAFETY: sizes checked above; each block writes its own rows of dw
-                    // (w_len = c_out·starts.len()).
-                    unsafe { weight_grid(s, &starts, d.as_ptr(), p.as_ptr(), dw.get(), block) };
-                });
-            });
-        }
-    } else {
-        per_image(g.batch, &mut per, w_len, |b, dw, par| {
-            let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-            let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
-            for tap in 0..taps {
-                // dW[:, :, tap] = dY[c_out × grid] · P[:, offset ..]ᵀ
-                unsafe {
-                    gemm_f32(
-                        g.c_out,
-                        g.c_in,
-                        grid,
-                        dw.as_mut_ptr().add(tap),
-                        (g.c_in * taps, taps),
-                        false,
-                        d.as_ptr(),
-                        (grid, 1),
-                        p.as_ptr().add(g.tap_offset(tap)),
-                        (1, plane),
-                        par,
-                    );
-                }
-            }
-        });
+    if super::conv2d_stride1_avx512::available() {
+        weight_grads_avx512(&g, xs, dys, &mut per);
+        return sum_images(&g, &per);
     }
+    per_image(g.batch, &mut per, w_len, |b, dw, par| {
+        let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
+        for tap in 0..taps {
+            // dW[:, :, tap] = dY[c_out × grid] · P[:, offset ..]ᵀ
+            unsafe {
+                gemm_f32(
+                    g.c_out,
+                    g.c_in,
+                    grid,
+                    dw.as_mut_ptr().add(tap),
+                    (g.c_in * taps, taps),
+                    false,
+                    d.as_ptr(),
+                    (grid, 1),
+                    p.as_ptr().add(g.tap_offset(tap)),
+                    (1, plane),
+                    par,
+                );
+            }
+        }
+    });
+    sum_images(&g, &per)
+}
+
+/// Each image's weight gradient into its slice of `per`, by the AVX-512 kernel.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32], per: &mut [f32]) {
+    use super::conv2d_stride1_avx512::{WM, WeightShape, weight_grid};
+    let (plane, taps) = (g.plane(), g.taps());
+    // Step k = (input channel, tap) starts at its plane plus the tap's offset.
+    let starts: Vec<usize> = (0..g.c_in * taps)
+        .map(|k| (k / taps) * plane + g.tap_offset(k % taps))
+        .collect();
+    let s = WeightShape {
+        c_out: g.c_out,
+        h_out: g.h_out(),
+        w_out: g.w_out(),
+        row: g.row(),
+    };
+    per_image(g.batch, per, g.c_out * starts.len(), |b, dw, par| {
+        let p = pad_planes(g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        let d = &dys[b * g.y_len()..][..g.y_len()];
+        // Every start + (h_out - 1)·row + w_out <= c_in·plane (the last tap's offset is
+        // (kh - 1)·row + kw - 1, and plane covers (h + 2ph)·row + kw).
+        assert!(p.len() >= g.c_in * plane && d.len() == g.y_len());
+        let dw = Shared(dw.as_mut_ptr());
+        for_each_part(g.c_out.div_ceil(WM), par, |block| {
+            // SAFETY: sizes checked above; each block writes its own rows of dw
+            // (c_out·starts.len() values per image).
+            unsafe { weight_grid(s, &starts, d.as_ptr(), p.as_ptr(), dw.get(), block) };
+        });
+    });
+}
+
+/// The per-image weight gradients summed in batch order, as the weight's tensor.
+fn sum_images(g: &Geometry, per: &[f32]) -> FlexTensor {
+    let w_len = g.c_out * g.c_in * g.taps();
     let mut dw = per[..w_len].to_vec();
     for image in per.chunks_exact(w_len).skip(1) {
         for (a, v) in dw.iter_mut().zip(image) {

@@ -78,10 +78,10 @@ pub struct Shape {
 /// Where the outputs go: channel `o`'s output at grid position `y·row + x` (`x < w_out`) is
 /// stored at `ptr[o·plane + y·w_out + x]`, plus `bias[o]` when there is a bias.
 #[derive(Clone, Copy)]
-pub struct Out {
+pub struct Out<'a> {
     pub ptr: *mut f32,
     pub plane: usize,
-    pub bias: Option<*const f32>,
+    pub bias: Option<&'a [f32]>,
 }
 
 /// Grid positions `chunk·CHUNK ..` of `out = Σ_k W · P (+ bias)` where step
@@ -98,7 +98,7 @@ pub unsafe fn conv_grid(
     offsets: &[usize],
     p: *const f32,
     packed: *const f32,
-    out: Out,
+    out: Out<'_>,
     chunk: usize,
 ) {
     let k_len = s.c_in * offsets.len();
@@ -156,7 +156,7 @@ unsafe fn conv_block(
     p: *const f32,
     mut w: *const f32,
     masks: [__mmask16; NV],
-    out: Out,
+    out: Out<'_>,
     first_row: usize,
     rows: usize,
     stores: [(__mmask16, usize); NV],
@@ -180,7 +180,7 @@ unsafe fn conv_block(
     }
     for (r, acc) in acc.iter().enumerate().take(rows) {
         let o = first_row + r;
-        let bias = out.bias.map_or(0.0, |b| unsafe { *b.add(o) });
+        let bias = out.bias.map_or(0.0, |b| b[o]);
         let bias = _mm512_set1_ps(bias);
         for v in 0..NV {
             let (keep, at) = stores[v];
