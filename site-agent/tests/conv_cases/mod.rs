@@ -178,6 +178,18 @@ pub fn stride_one() {
         padding: [(3, 3), (2, 2)],
         ..same(2, 3, 2, 6)
     });
+    // 1×1: the U-Net's deep-supervision heads (16 maps → 3 classes), and one with padding.
+    let pointwise = |batch, c_in, c_out, size| Case {
+        kernel: [1, 1],
+        padding: [(0, 0), (0, 0)],
+        ..same(batch, c_in, c_out, size)
+    };
+    check(&pointwise(3, 16, 3, 20));
+    check(&pointwise(1, 5, 9, 7));
+    check(&Case {
+        padding: [(1, 1), (2, 2)],
+        ..pointwise(2, 3, 2, 6)
+    });
 }
 
 /// Convolutions the stride-1 path leaves to upstream.
@@ -192,8 +204,8 @@ pub fn others() {
         stride: [1, 1],
         padding: [(1, 1), (1, 1)],
     };
-    // Strided, asymmetric padding, and 1×1 take upstream's code (whose weight gradient is itself
-    // a convolution, ours where it has stride 1).
+    // Strided and asymmetric padding take upstream's code (whose weight gradient is itself a
+    // convolution, ours where it has stride 1).
     check(&Case {
         stride: [2, 2],
         ..base
@@ -204,6 +216,7 @@ pub fn others() {
     });
     check(&Case {
         kernel: [1, 1],
+        stride: [2, 2],
         padding: [(0, 0), (0, 0)],
         ..base
     });

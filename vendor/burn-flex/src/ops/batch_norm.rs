@@ -11,6 +11,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 use burn_backend::ops::{BatchNormTrain, BatchNormTrainBackward, FloatTensorOps};
 use burn_backend::{DType, FloatDType};
@@ -65,27 +66,36 @@ fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Send + Sync) -
     (0..channels).map(f).collect()
 }
 
-/// `f(c, run_index, out_run)` for every run of `out` (`[N, C, run]`), in parallel when rayon is on.
+/// A new `[N, C, run]` buffer of `len` values, `f(c, run_index, out_run)` writing every value
+/// of every run, runs in parallel when rayon is on (no zero fill first: it ran on the calling
+/// thread while the others waited).
 fn per_run(
-    out: &mut [f32],
+    len: usize,
     channels: usize,
     run: usize,
-    f: impl Fn(usize, usize, &mut [f32]) + Send + Sync,
-) {
+    f: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Send + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     if run == 0 {
-        return;
+        return out;
     }
+    let slots = &mut out.spare_capacity_mut()[..len];
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        out.par_chunks_mut(run)
+        slots
+            .par_chunks_mut(run)
             .enumerate()
             .for_each(|(i, o)| f(i % channels, i, o));
     }
     #[cfg(not(feature = "rayon"))]
-    for (i, o) in out.chunks_mut(run).enumerate() {
+    for (i, o) in slots.chunks_mut(run).enumerate() {
         f(i % channels, i, o);
     }
+    // SAFETY: the runs cover all `len` values (`len` is a multiple of `run`), and `f` writes
+    // every value of its run (each caller zips its run with an input run of the same length).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Batch normalisation with the batch's own statistics: the output, and per channel the mean
@@ -112,13 +122,12 @@ pub fn train(
             / count;
         (m, var as f32)
     });
-    let mut out = vec![0.0f32; xs.len()];
-    per_run(&mut out, c, run, |ch, i, o| {
+    let out = per_run(xs.len(), c, run, |ch, i, o| {
         let (mean, var) = stats[ch];
         let scale = gs[ch] / (var + epsilon as f32).sqrt();
         let shift = bs[ch] - mean * scale;
         for (o, &v) in o.iter_mut().zip(&xs[i * run..][..run]) {
-            *o = v * scale + shift;
+            o.write(v * scale + shift);
         }
     });
     let channels = Shape::from(vec![c]);
@@ -173,8 +182,7 @@ pub fn train_backward(
         }
         (inv_std, dy_sum as f32, (dy_xc * f64::from(inv_std)) as f32)
     });
-    let mut dx = vec![0.0f32; xs.len()];
-    per_run(&mut dx, c, run, |ch, i, o| {
+    let dx = per_run(xs.len(), c, run, |ch, i, o| {
         let (inv_std, dy_sum, dy_xhat) = sums[ch];
         // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy·x̂)), with x̂ = (x − μ)/σ.
         let scale = gs[ch] * inv_std;
@@ -183,7 +191,7 @@ pub fn train_backward(
         let m = ms[ch];
         let (xr, gr) = (&xs[i * run..][..run], &dys[i * run..][..run]);
         for ((o, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
-            *o = scale * (g - dy_mean - (v - m) * slope);
+            o.write(scale * (g - dy_mean - (v - m) * slope));
         }
     });
     let channels = Shape::from(vec![c]);

@@ -91,8 +91,9 @@ impl Geometry {
 }
 
 /// The geometry when this path applies: f32, stride 1, dilation 1, one group, symmetric padding,
-/// a kernel larger than 1×1 (1×1 convolutions have their own fast path) that fits the padded
-/// input.
+/// a kernel that fits the padded input. 1×1 kernels too: upstream's 1×1 forward is fast, but
+/// its backward passes (a convolution with an image-sized kernel for the weight gradient) ran
+/// on one thread.
 fn geometry(x: &Shape, weight: &Shape, dtype: DType, options: &ConvOptions<2>) -> Option<Geometry> {
     if dtype != DType::F32
         || options.stride != [1, 1]
@@ -119,7 +120,7 @@ fn geometry(x: &Shape, weight: &Shape, dtype: DType, options: &ConvOptions<2>) -
         pw,
     };
     let fits = g.kh <= g.h + 2 * ph && g.kw <= g.w + 2 * pw;
-    let useful = g.kh * g.kw > 1 && g.batch > 0 && g.c_in > 0 && g.c_out > 0;
+    let useful = g.batch > 0 && g.c_in > 0 && g.c_out > 0;
     (fits && useful).then_some(g)
 }
 
@@ -207,30 +208,45 @@ unsafe fn gemm_f32(
     }
 }
 
-/// Runs `f(image, out)` for every image of the batch, each writing its own `out` slice: images
-/// in parallel when there are enough of them, otherwise one at a time with a parallel GEMM.
-fn per_image<F>(batch: usize, out: &mut [f32], per: usize, f: F)
+/// A new `[batch × per]` buffer, filled by `f(image, out)` for every image, each writing its
+/// own zeroed `out` slice: images in parallel when there are enough of them, otherwise one at a
+/// time with a parallel GEMM. Each slice is zeroed by the thread that fills it, right before
+/// (a serial zero fill of the whole buffer first kept the other threads waiting).
+fn per_image<F>(batch: usize, per: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [f32], gemm::Parallelism) + Send + Sync,
 {
+    let mut out: Vec<f32> = Vec::with_capacity(batch * per);
+    let slots = &mut out.spare_capacity_mut()[..batch * per];
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         if batch >= rayon::current_num_threads() {
-            out.par_chunks_mut(per)
+            slots
+                .par_chunks_mut(per)
                 .enumerate()
-                .for_each(|(b, o)| f(b, o, gemm::Parallelism::None));
+                .for_each(|(b, o)| f(b, zeroed(o), gemm::Parallelism::None));
         } else {
-            for (b, o) in out.chunks_mut(per).enumerate() {
-                f(b, o, gemm::Parallelism::Rayon(0));
+            for (b, o) in slots.chunks_mut(per).enumerate() {
+                f(b, zeroed(o), gemm::Parallelism::Rayon(0));
             }
         }
     }
     #[cfg(not(feature = "rayon"))]
-    for (b, o) in out.chunks_mut(per).enumerate() {
-        f(b, o, gemm::Parallelism::None);
+    for (b, o) in slots.chunks_mut(per).enumerate() {
+        f(b, zeroed(o), gemm::Parallelism::None);
     }
-    let _ = batch;
+    // SAFETY: the `batch` slices of `per` values cover the buffer, and `zeroed` wrote each.
+    unsafe { out.set_len(batch * per) };
+    out
+}
+
+fn zeroed(o: &mut [core::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in o.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every value was written just above; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(o as *mut [core::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// One image's output from the padded grid `acc[c_out × grid]`: the valid columns, plus bias.
@@ -339,10 +355,11 @@ pub fn forward(
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     let packed = super::conv2d_stride1_avx512::available().then(|| {
         let k_len = g.c_in * taps;
-        super::conv2d_stride1_avx512::pack(g.c_out, k_len, |o, k| ws[o * k_len + k])
+        super::conv2d_stride1_avx512::pack(g.c_out, k_len, |o, row| {
+            row.copy_from_slice(&ws[o * k_len..][..k_len])
+        })
     });
-    let mut out = vec![0.0f32; g.batch * g.y_len()];
-    per_image(g.batch, &mut out, g.y_len(), |b, o, par| {
+    let out = per_image(g.batch, g.y_len(), |b, o, par| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         if let Some(packed) = &packed {
@@ -379,24 +396,27 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
     let output_grad = output_grad.to_contiguous();
     let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
     let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
-    let mut dx = vec![0.0f32; g.batch * g.x_len()];
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if let Some(t) = g
         .transposed()
         .filter(|_| super::conv2d_stride1_avx512::available())
     {
         // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
-        let packed = super::conv2d_stride1_avx512::pack(t.c_out, t.c_in * taps, |ci, k| {
-            let (co, tap) = (k / taps, k % taps);
-            ws[(co * g.c_in + ci) * taps + taps - 1 - tap]
+        let packed = super::conv2d_stride1_avx512::pack(t.c_out, t.c_in * taps, |ci, row| {
+            for (co, taps_of) in row.chunks_exact_mut(taps).enumerate() {
+                let w = &ws[(co * g.c_in + ci) * taps..][..taps];
+                for (v, &wv) in taps_of.iter_mut().zip(w.iter().rev()) {
+                    *v = wv;
+                }
+            }
         });
-        per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
+        let dx = per_image(g.batch, g.x_len(), |b, o, par| {
             let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
             conv_avx512(&t, &p, &packed, o, None, par);
         });
         return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
     }
-    per_image(g.batch, &mut dx, g.x_len(), |b, o, par| {
+    let dx = per_image(g.batch, g.x_len(), |b, o, par| {
         let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
         let mut dp = vec![0.0f32; g.c_in * plane];
         for tap in 0..taps {
@@ -435,13 +455,11 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
     let w_len = g.c_out * g.c_in * taps;
     // One gradient per image, summed in batch order by `sum_images`.
-    let mut per = vec![0.0f32; g.batch * w_len];
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if super::conv2d_stride1_avx512::available() {
-        weight_grads_avx512(&g, xs, dys, &mut per);
-        return sum_images(&g, &per);
+        return sum_images(&g, &weight_grads_avx512(&g, xs, dys));
     }
-    per_image(g.batch, &mut per, w_len, |b, dw, par| {
+    let per = per_image(g.batch, w_len, |b, dw, par| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
         for tap in 0..taps {
@@ -468,7 +486,7 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
 
 /// Each image's weight gradient into its slice of `per`, by the AVX-512 kernel.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32], per: &mut [f32]) {
+fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32]) -> Vec<f32> {
     use super::conv2d_stride1_avx512::{WM, WeightShape, weight_grid};
     let (plane, taps) = (g.plane(), g.taps());
     // Step k = (input channel, tap) starts at its plane plus the tap's offset.
@@ -481,7 +499,7 @@ fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32], per: &mut [f32]) {
         w_out: g.w_out(),
         row: g.row(),
     };
-    per_image(g.batch, per, g.c_out * starts.len(), |b, dw, par| {
+    per_image(g.batch, g.c_out * starts.len(), |b, dw, par| {
         let p = pad_planes(g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         let d = &dys[b * g.y_len()..][..g.y_len()];
         // Every start + (h_out - 1)·row + w_out <= c_in·plane (the last tap's offset is
@@ -493,17 +511,32 @@ fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32], per: &mut [f32]) {
             // (c_out·starts.len() values per image).
             unsafe { weight_grid(s, &starts, d.as_ptr(), p.as_ptr(), dw.get(), block) };
         });
-    });
+    })
 }
 
-/// The per-image weight gradients summed in batch order, as the weight's tensor.
+/// The per-image weight gradients summed in batch order, as the weight's tensor; pieces of
+/// the weight in parallel (each piece's sum in the same order whatever the split).
 fn sum_images(g: &Geometry, per: &[f32]) -> FlexTensor {
     let w_len = g.c_out * g.c_in * g.taps();
     let mut dw = per[..w_len].to_vec();
-    for image in per.chunks_exact(w_len).skip(1) {
-        for (a, v) in dw.iter_mut().zip(image) {
-            *a += v;
+    let add_images = |start: usize, piece: &mut [f32]| {
+        for image in per.chunks_exact(w_len).skip(1) {
+            for (a, v) in piece.iter_mut().zip(&image[start..]) {
+                *a += v;
+            }
         }
+    };
+    const PIECE: usize = 4096;
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        dw.par_chunks_mut(PIECE)
+            .enumerate()
+            .for_each(|(i, piece)| add_images(i * PIECE, piece));
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (i, piece) in dw.chunks_mut(PIECE).enumerate() {
+        add_images(i * PIECE, piece);
     }
     tensor(dw, vec![g.c_out, g.c_in, g.kh, g.kw])
 }

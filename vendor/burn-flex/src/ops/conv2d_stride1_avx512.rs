@@ -45,16 +45,35 @@ fn lanes(len: usize) -> __mmask16 {
     }
 }
 
-/// Weights `[c_out][k]` (row stride `k_len`) packed as `[c_out / MR][k][MR]`, zero-padded to
-/// whole blocks; `at(o, k)` gives the weight of output channel `o` at step `k`.
-pub fn pack(c_out: usize, k_len: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let blocks = c_out.div_ceil(MR);
-    let mut packed = vec![0.0f32; blocks * k_len * MR];
-    for o in 0..c_out {
-        let (b, r) = (o / MR, o % MR);
-        for k in 0..k_len {
-            packed[(b * k_len + k) * MR + r] = at(o, k);
+/// Weights `[c_out][k]` packed as `[c_out / MR][k][MR]`, zero-padded to whole blocks;
+/// `row(o, values)` writes output channel `o`'s `k_len` weights into `values`. Blocks are
+/// packed in parallel: on the calling thread, the packing of the largest layers' weights kept
+/// the other threads waiting.
+pub fn pack(c_out: usize, k_len: usize, row: impl Fn(usize, &mut [f32]) + Send + Sync) -> Vec<f32> {
+    let mut packed = vec![0.0f32; c_out.div_ceil(MR) * k_len * MR];
+    let fill = |b: usize, block: &mut [f32]| {
+        let mut values = vec![0.0f32; k_len];
+        for r in 0..MR.min(c_out - b * MR) {
+            row(b * MR + r, &mut values);
+            for (k, &v) in values.iter().enumerate() {
+                block[k * MR + r] = v;
+            }
         }
+    };
+    if k_len == 0 {
+        return packed;
+    }
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        packed
+            .par_chunks_mut(k_len * MR)
+            .enumerate()
+            .for_each(|(b, block)| fill(b, block));
+    }
+    #[cfg(not(feature = "rayon"))]
+    for (b, block) in packed.chunks_mut(k_len * MR).enumerate() {
+        fill(b, block);
     }
     packed
 }

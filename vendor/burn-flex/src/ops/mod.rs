@@ -117,6 +117,7 @@ pub mod interpolate;
 pub mod mask;
 pub mod matmul;
 mod module;
+mod parallel;
 pub mod pool;
 mod qtensor;
 pub mod reduce;
