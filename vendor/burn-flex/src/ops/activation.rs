@@ -55,6 +55,23 @@ impl ActivationOps<Flex> for Flex {
         )
     }
 
+    // fedseg: one pass (burn-backend's default is a comparison, a product and a masked select).
+    fn leaky_relu_backward(
+        x: FloatTensor<Flex>,
+        grad: FloatTensor<Flex>,
+        negative_slope: Scalar,
+    ) -> FloatTensor<Flex> {
+        let ns32 = negative_slope.to_f32().unwrap();
+        let ns64 = negative_slope.to_f64().unwrap();
+        binary_op(
+            x,
+            grad,
+            move |x: f32, g| if x > 0.0 { g } else { ns32 * g },
+            move |x: f64, g| if x > 0.0 { g } else { ns64 * g },
+            None,
+        )
+    }
+
     fn prelu(tensor: FloatTensor<Flex>, alpha: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // x if x >= 0, alpha * x otherwise
         binary_op(

@@ -169,6 +169,25 @@ where
         return lhs;
     }
 
+    // fedseg: the same with rhs as the destination (lhs shared, e.g. a saved activation in a
+    // backward pass), split across threads (parallel.rs).
+    if rhs.is_unique()
+        && let (Some((l_start, l_end)), Some((0, r_end))) = (
+            lhs.layout().contiguous_offsets(),
+            rhs.layout().contiguous_offsets(),
+        )
+    {
+        let lhs_storage: &[E] = lhs.storage();
+        let l_slice = &lhs_storage[l_start..l_end];
+        let rhs_storage: &mut [E] = rhs.storage_mut();
+        parallel::zip_mut(&mut rhs_storage[..r_end], l_slice, |r, l| {
+            for (r, &l) in r.iter_mut().zip(l) {
+                *r = op(l, *r);
+            }
+        });
+        return rhs;
+    }
+
     // Broadcast/strided in-place: when one operand is uniquely owned and
     // the collapsed nest walks it densely from storage index 0, the nest
     // can write straight into it instead of allocating a full-size
