@@ -11,3 +11,8 @@ fn stride_one_convolutions_match_a_direct_sum() {
 fn other_convolutions_match_too() {
     conv_cases::others();
 }
+
+#[test]
+fn transposed_convolutions_match_a_direct_sum() {
+    conv_cases::transposed();
+}

@@ -9,4 +9,5 @@ fn convolutions_match_a_direct_sum_on_the_gemm_path() {
     unsafe { std::env::set_var("BURN_FLEX_CONV_KERNEL", "gemm") };
     conv_cases::stride_one();
     conv_cases::others();
+    conv_cases::transposed();
 }

@@ -1,10 +1,11 @@
 //! The CPU backend's 2D convolution (ours for stride 1: vendor/burn-flex conv2d_stride1.rs;
-//! upstream's for the rest) against a direct f64 sum: forward, input gradient and weight
-//! gradient, for the U-Net's shapes and the edges of the fast paths. Shared by `conv.rs` (the
+//! upstream's for the rest) and transposed convolution (ours for stride = kernel) against a
+//! direct f64 sum: forward and every gradient, for the U-Net's shapes and the edges of the
+//! fast paths. Shared by `conv.rs` (the
 //! kernels this CPU picks) and `conv_gemm.rs` (the portable GEMM path).
 
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv_transpose2d, conv2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
 use fedseg_site::train::{DeviceKind, device_for};
 
@@ -219,5 +220,167 @@ pub fn others() {
         stride: [2, 2],
         padding: [(0, 0), (0, 0)],
         ..base
+    });
+}
+
+/// A transposed convolution `[c_in → c_out]`, square kernel, stride and padding.
+struct Transposed {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Transposed {
+    fn out(&self) -> [usize; 2] {
+        let size = |n: usize| (n - 1) * self.stride + self.kernel - 2 * self.padding;
+        [size(self.h), size(self.w)]
+    }
+}
+
+/// (output, dL/dx, dL/dw, dL/db) of a transposed convolution for L = sum(output · upstream):
+/// each input pixel scatters `x · w[c_in, c_out]` into the kernel-sized window at
+/// `stride · position - padding`, summed directly in f64.
+fn transposed_reference(
+    c: &Transposed,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    up: &[f32],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let [ho, wo] = c.out();
+    let k = c.kernel;
+    let mut y = vec![0.0f64; c.batch * c.c_out * ho * wo];
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let mut db = vec![0.0f64; b.len()];
+    for n in 0..c.batch {
+        for o in 0..c.c_out {
+            for p in 0..ho * wo {
+                let yi = (n * c.c_out + o) * ho * wo + p;
+                y[yi] += f64::from(b[o]);
+                db[o] += f64::from(up[yi]);
+            }
+        }
+        for i in 0..c.c_in {
+            for iy in 0..c.h {
+                for ix in 0..c.w {
+                    let xi = ((n * c.c_in + i) * c.h + iy) * c.w + ix;
+                    for o in 0..c.c_out {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let oy = (iy * c.stride + ky) as isize - c.padding as isize;
+                                let ox = (ix * c.stride + kx) as isize - c.padding as isize;
+                                if oy < 0 || ox < 0 || oy >= ho as isize || ox >= wo as isize {
+                                    continue;
+                                }
+                                let yi = ((n * c.c_out + o) * ho + oy as usize) * wo + ox as usize;
+                                let wi = ((i * c.c_out + o) * k + ky) * k + kx;
+                                let g = f64::from(up[yi]);
+                                y[yi] += f64::from(x[xi]) * f64::from(w[wi]);
+                                dx[xi] += g * f64::from(w[wi]);
+                                dw[wi] += g * f64::from(x[xi]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw, db)
+}
+
+fn check_transposed(c: &Transposed) {
+    let device = device_for(DeviceKind::Cpu).unwrap().autodiff();
+    let k = c.kernel;
+    let [ho, wo] = c.out();
+    let xs = values(c.batch * c.c_in * c.h * c.w, 5);
+    let ws = values(c.c_in * c.c_out * k * k, 6);
+    let bs = values(c.c_out, 7);
+    let ups = values(c.batch * c.c_out * ho * wo, 8);
+    let x: Tensor<4> = Tensor::from_data(
+        TensorData::new(xs.clone(), [c.batch, c.c_in, c.h, c.w]),
+        &device,
+    )
+    .require_grad();
+    let w: Tensor<4> = Tensor::from_data(
+        TensorData::new(ws.clone(), [c.c_in, c.c_out, k, k]),
+        &device,
+    )
+    .require_grad();
+    let b: Tensor<1> =
+        Tensor::from_data(TensorData::new(bs.clone(), [c.c_out]), &device).require_grad();
+    let up: Tensor<4> = Tensor::from_data(
+        TensorData::new(ups.clone(), [c.batch, c.c_out, ho, wo]),
+        &device,
+    );
+    let options = ConvTransposeOptions::new(
+        [c.stride, c.stride],
+        [c.padding, c.padding],
+        [0, 0],
+        [1, 1],
+        1,
+    );
+    let y = conv_transpose2d(x.clone(), w.clone(), Some(b.clone()), options);
+    assert_eq!(y.dims(), [c.batch, c.c_out, ho, wo]);
+    let grads = (y.clone() * up).sum().backward();
+    let (want_y, want_dx, want_dw, want_db) = transposed_reference(c, &xs, &ws, &bs, &ups);
+    let batch_terms = (c.batch * ho * wo) as f64;
+    assert_close(
+        "transposed output",
+        &to_vec(y),
+        &want_y,
+        (c.c_in * k * k) as f64,
+    );
+    let dx = x.grad(&grads).expect("x gradient");
+    assert_close(
+        "transposed dL/dx",
+        &to_vec(dx),
+        &want_dx,
+        (c.c_out * k * k) as f64,
+    );
+    let dw = w.grad(&grads).expect("weight gradient");
+    assert_close(
+        "transposed dL/dw",
+        &to_vec(dw),
+        &want_dw,
+        batch_terms.sqrt(),
+    );
+    let db = b.grad(&grads).expect("bias gradient");
+    assert_close(
+        "transposed dL/db",
+        &to_vec(db),
+        &want_db,
+        batch_terms.sqrt(),
+    );
+}
+
+/// Transposed convolutions: stride = kernel takes the tiled path (vendor/burn-flex
+/// conv_transpose2d_tiled.rs), the rest upstream's.
+pub fn transposed() {
+    let up = |batch, c_in, c_out, h, w, kernel| Transposed {
+        batch,
+        c_in,
+        c_out,
+        h,
+        w,
+        kernel,
+        stride: kernel,
+        padding: 0,
+    };
+    // The U-Net's 2×2 up-convolutions (images in parallel), one image alone with a 3×3 tile
+    // (the GEMM itself parallel), and a tile of one pixel.
+    check_transposed(&up(3, 8, 4, 5, 6, 2));
+    check_transposed(&up(1, 3, 5, 4, 4, 3));
+    check_transposed(&up(2, 4, 3, 3, 5, 1));
+    // Overlapping windows and padding: upstream's code.
+    check_transposed(&Transposed {
+        stride: 2,
+        padding: 1,
+        ..up(2, 3, 2, 4, 5, 3)
     });
 }

@@ -24,7 +24,6 @@ fn crop_asymmetric_input_grad<B: Backend, const N: usize>(
     B::float_slice(grad, &ranges)
 }
 
-
 /// Calculate the [2D convolution](crate::ops::ModuleOps::conv2d) backward pass, returning the gradient for `x`.
 pub fn conv2d_x_backward<B: Backend>(
     x: FloatTensor<B>,
@@ -121,7 +120,6 @@ fn conv2d_weight_backward_symmetric<B: Backend>(
         ),
     }
 }
-
 
 fn conv2d_weight_grad_no_groups<B: Backend>(
     x: FloatTensor<B>,

@@ -170,7 +170,7 @@ fn grid_of(g: &Geometry, dy: &[f32]) -> Vec<f32> {
 
 /// `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, strides in elements (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(
+pub(super) unsafe fn gemm_f32(
     m: usize,
     n: usize,
     k: usize,
@@ -212,7 +212,7 @@ unsafe fn gemm_f32(
 /// own zeroed `out` slice: images in parallel when there are enough of them, otherwise one at a
 /// time with a parallel GEMM. Each slice is zeroed by the thread that fills it, right before
 /// (a serial zero fill of the whole buffer first kept the other threads waiting).
-fn per_image<F>(batch: usize, per: usize, f: F) -> Vec<f32>
+pub(super) fn per_image<F>(batch: usize, per: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [f32], gemm::Parallelism) + Send + Sync,
 {

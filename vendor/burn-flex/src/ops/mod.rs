@@ -90,9 +90,9 @@ pub(crate) fn float_storage_as_f32(tensor: &FlexTensor) -> Cow<'_, [f32]> {
 
 pub mod activation;
 pub mod attention;
+pub mod batch_norm;
 pub mod binary;
 mod bool;
-pub mod batch_norm;
 pub mod cat;
 pub mod comparison;
 #[macro_use]
@@ -103,6 +103,7 @@ pub mod conv2d_stride1;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_stride1_avx512;
 pub mod conv_transpose;
+mod conv_transpose2d_tiled;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;

@@ -3,7 +3,8 @@
 //! These operations power neural network modules like convolutions and pooling.
 
 use crate::ops::{
-    conv, conv_transpose, conv2d_backward_default, conv2d_stride1, deform_conv, interpolate, pool,
+    conv, conv_transpose, conv_transpose2d_tiled, conv2d_backward_default, conv2d_stride1,
+    deform_conv, interpolate, pool,
 };
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
@@ -315,6 +316,11 @@ impl ModuleOps<Flex> for Flex {
         bias: Option<FloatTensor<Flex>>,
         options: ConvTransposeOptions<2>,
     ) -> FloatTensor<Flex> {
+        // fedseg: stride = kernel (the U-Net's up-convolutions) as one GEMM per image
+        // (conv_transpose2d_tiled.rs), here and in the three backward passes below.
+        if let Some(t) = conv_transpose2d_tiled::plan(&x, &weight, &options) {
+            return conv_transpose2d_tiled::forward(t, x, weight, bias);
+        }
         match x.dtype() {
             DType::F32 => conv_transpose::conv_transpose2d_f32(x, weight, bias, &options),
             DType::F64 => conv_transpose::conv_transpose2d_f64(x, weight, bias, &options),
@@ -322,6 +328,47 @@ impl ModuleOps<Flex> for Flex {
             DType::BF16 => conv_transpose::conv_transpose2d_bf16(x, weight, bias, &options),
             dtype => panic!("conv_transpose2d: unsupported dtype {:?}", dtype),
         }
+    }
+
+    fn conv_transpose2d_x_backward(
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Flex> {
+        if let Some(t) = conv_transpose2d_tiled::plan_backward(&weight, &output_grad, &options) {
+            return conv_transpose2d_tiled::x_backward(t, weight, output_grad);
+        }
+        burn_backend::ops::conv::conv_transpose2d_x_backward::<Flex>(weight, output_grad, options)
+    }
+
+    fn conv_transpose2d_weight_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Flex> {
+        if let Some(t) = conv_transpose2d_tiled::plan(&x, &weight, &options) {
+            return conv_transpose2d_tiled::weight_backward(t, x, output_grad);
+        }
+        burn_backend::ops::conv::conv_transpose2d_weight_backward::<Flex>(
+            x,
+            weight,
+            output_grad,
+            options,
+        )
+    }
+
+    fn conv_transpose2d_bias_backward(
+        x: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        if bias.dtype() == DType::F32
+            && let Some(db) = conv_transpose2d_tiled::bias_backward(output_grad.clone())
+        {
+            return db;
+        }
+        burn_backend::ops::conv::conv_transpose2d_bias_backward::<Flex>(x, bias, output_grad)
     }
 
     fn conv_transpose3d(

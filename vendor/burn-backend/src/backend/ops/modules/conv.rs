@@ -726,7 +726,8 @@ pub(crate) fn conv_transpose1d_bias_backward<B: Backend>(
 }
 
 /// Calculate the [2D convolution transpose](crate::ops::ModuleOps::conv_transpose2d) backward pass, returning the gradient for `x`.
-pub(crate) fn conv_transpose2d_x_backward<B: Backend>(
+// fedseg: public, so a backend overriding the trait method can fall back to it.
+pub fn conv_transpose2d_x_backward<B: Backend>(
     weight: FloatTensor<B>,
     output_grad: FloatTensor<B>,
     options: ConvTransposeOptions<2>,
@@ -771,7 +772,8 @@ pub(crate) fn conv_transpose2d_x_backward<B: Backend>(
 }
 
 /// Calculate the [2D convolution transpose](crate::ops::ModuleOps::conv_transpose2d) backward pass, returning the gradient for `weight`.
-pub(crate) fn conv_transpose2d_weight_backward<B: Backend>(
+// fedseg: public, so a backend overriding the trait method can fall back to it.
+pub fn conv_transpose2d_weight_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     output_grad: FloatTensor<B>,
@@ -793,7 +795,8 @@ pub(crate) fn conv_transpose2d_weight_backward<B: Backend>(
 }
 
 /// Calculate the [2D convolution transpose](crate::ops::ModuleOps::conv_transpose2d) backward pass, returning the gradient for `bias`.
-pub(crate) fn conv_transpose2d_bias_backward<B: Backend>(
+// fedseg: public, so a backend overriding the trait method can fall back to it.
+pub fn conv_transpose2d_bias_backward<B: Backend>(
     x: FloatTensor<B>,
     bias: FloatTensor<B>,
     output_grad: FloatTensor<B>,

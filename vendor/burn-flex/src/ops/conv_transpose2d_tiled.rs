@@ -1,0 +1,300 @@
+//! fedseg: f32 2D transposed convolution whose stride equals its kernel (the U-Net's 2×2,
+//! stride-2 up-convolutions), forward and all three backward passes, each one GEMM per image.
+//!
+//! With stride = kernel and no padding, every output pixel gets exactly one input pixel's
+//! contribution: output tile `(i, j)` of `kh × kw` pixels is `Wᵀ · x[:, i, j]`. So the forward
+//! pass is `Z[c_out·kh·kw × h·w] = Wᵀ · X` (the weight `[c_in, c_out, kh, kw]` read as a
+//! `c_in × c_out·kh·kw` matrix) scattered into the tiles; the input gradient gathers the output
+//! gradient's tiles into `G` and computes `W · G`; the weight gradient is `X · Gᵀ` per image,
+//! summed in batch order. Upstream runs the forward pass through its 3D code and the gradients
+//! through burn-backend's defaults (a strided convolution via im2col, and transposes and
+//! reductions), partly on one thread.
+//!
+//! Every sum runs in a fixed order, so results do not depend on the number of threads.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use burn_backend::DType;
+use burn_backend::ops::ConvTransposeOptions;
+use burn_std::{Bytes, Shape};
+
+use super::conv2d_stride1::{gemm_f32, per_image};
+use crate::{FlexTensor, Layout};
+
+/// Sizes of one transposed convolution with stride = kernel.
+#[derive(Clone, Copy)]
+pub struct Tiles {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+}
+
+impl Tiles {
+    /// Values per tile.
+    fn k(&self) -> usize {
+        self.kh * self.kw
+    }
+    /// Input positions per image (= tiles per output channel).
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    fn x_len(&self) -> usize {
+        self.c_in * self.hw()
+    }
+    fn y_len(&self) -> usize {
+        self.c_out * self.k() * self.hw()
+    }
+    /// Rows of `Z` / `G`: (output channel, tap).
+    fn rows(&self) -> usize {
+        self.c_out * self.k()
+    }
+
+    /// `f(z, y)` for every row `(c, a, b)` of `Z` and input row `i`: `Z[(c, a, b), (i, j)]`
+    /// is at `z + j` and its output `y[c, i·kh + a, j·kw + b]` at `y + j·kw`.
+    fn for_each_tile_row(&self, mut f: impl FnMut(usize, usize)) {
+        let (ow, oh_ow) = (self.w * self.kw, self.h * self.kh * self.w * self.kw);
+        for c in 0..self.c_out {
+            for a in 0..self.kh {
+                for b in 0..self.kw {
+                    let r = (c * self.kh + a) * self.kw + b;
+                    for i in 0..self.h {
+                        // Row i of input positions → output row i·kh + a, columns j·kw + b.
+                        f(
+                            r * self.hw() + i * self.w,
+                            c * oh_ow + (i * self.kh + a) * ow + b,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sizes when this path applies: f32, stride = kernel, no padding, no output padding,
+/// dilation 1, one group.
+pub fn plan(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    options: &ConvTransposeOptions<2>,
+) -> Option<Tiles> {
+    let xs = x.layout().shape();
+    if x.dtype() != DType::F32 || xs.num_dims() != 4 {
+        return None;
+    }
+    tiles([xs[0], xs[1], xs[2], xs[3]], weight, options)
+}
+
+/// [`plan`] for the input gradient, which is given the output gradient instead of `x`.
+pub fn plan_backward(
+    weight: &FlexTensor,
+    output_grad: &FlexTensor,
+    options: &ConvTransposeOptions<2>,
+) -> Option<Tiles> {
+    let (ys, ws) = (output_grad.layout().shape(), weight.layout().shape());
+    if output_grad.dtype() != DType::F32 || ys.num_dims() != 4 || ws.num_dims() != 4 {
+        return None;
+    }
+    let (kh, kw) = (ws[2], ws[3]);
+    if kh == 0 || kw == 0 || ys[1] != ws[1] || ys[2] % kh != 0 || ys[3] % kw != 0 {
+        return None;
+    }
+    tiles([ys[0], ws[0], ys[2] / kh, ys[3] / kw], weight, options)
+}
+
+fn tiles(
+    [batch, c_in, h, w]: [usize; 4],
+    weight: &FlexTensor,
+    options: &ConvTransposeOptions<2>,
+) -> Option<Tiles> {
+    let ws = weight.layout().shape();
+    if weight.dtype() != DType::F32
+        || ws.num_dims() != 4
+        || ws[0] != c_in
+        || options.groups != 1
+        || options.dilation != [1, 1]
+        || options.padding != [0, 0]
+        || options.padding_out != [0, 0]
+        || options.stride != [ws[2], ws[3]]
+    {
+        return None;
+    }
+    let t = Tiles {
+        batch,
+        c_in,
+        c_out: ws[1],
+        h,
+        w,
+        kh: ws[2],
+        kw: ws[3],
+    };
+    (t.batch > 0 && t.c_in > 0 && t.c_out > 0 && t.k() > 0 && t.hw() > 0).then_some(t)
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape)),
+        DType::F32,
+    )
+}
+
+/// One image's output gradient gathered into `G[(c_out, tap) × (i, j)]`.
+fn gather(t: &Tiles, dy: &[f32]) -> Vec<f32> {
+    let mut g = vec![0.0f32; t.rows() * t.hw()];
+    t.for_each_tile_row(|z, y| {
+        for (j, v) in g[z..][..t.w].iter_mut().enumerate() {
+            *v = dy[y + j * t.kw];
+        }
+    });
+    g
+}
+
+/// `conv_transpose2d(x, weight) + bias`.
+pub fn forward(
+    t: Tiles,
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+) -> FlexTensor {
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let bias = bias.map(|b| b.to_contiguous());
+    let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
+    let bs: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+    let (rows, hw) = (t.rows(), t.hw());
+    let out = per_image(t.batch, t.y_len(), |n, o, par| {
+        let mut z = vec![0.0f32; rows * hw];
+        // Z[rows × hw] = Wᵀ[rows × c_in] · X[c_in × hw]
+        // SAFETY: Z, W and X are rows·hw, c_in·rows and c_in·hw values, read with these strides.
+        unsafe {
+            gemm_f32(
+                rows,
+                hw,
+                t.c_in,
+                z.as_mut_ptr(),
+                (hw, 1),
+                false,
+                ws.as_ptr(),
+                (1, rows),
+                xs[n * t.x_len()..].as_ptr(),
+                (hw, 1),
+                par,
+            );
+        }
+        t.for_each_tile_row(|zr, y| {
+            let add = bs.map_or(0.0, |b| b[(zr / hw) / t.k()]);
+            for (j, v) in z[zr..][..t.w].iter().enumerate() {
+                o[y + j * t.kw] = v + add;
+            }
+        });
+    });
+    tensor(out, vec![t.batch, t.c_out, t.h * t.kh, t.w * t.kw])
+}
+
+/// The gradient of [`forward`] with respect to `x`.
+pub fn x_backward(t: Tiles, weight: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+    let weight = weight.to_contiguous();
+    let output_grad = output_grad.to_contiguous();
+    let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
+    let (rows, hw) = (t.rows(), t.hw());
+    let dx = per_image(t.batch, t.x_len(), |n, o, par| {
+        let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
+        // dX[c_in × hw] = W[c_in × rows] · G[rows × hw]
+        // SAFETY: sizes as in `forward`.
+        unsafe {
+            gemm_f32(
+                t.c_in,
+                hw,
+                rows,
+                o.as_mut_ptr(),
+                (hw, 1),
+                false,
+                ws.as_ptr(),
+                (rows, 1),
+                g.as_ptr(),
+                (hw, 1),
+                par,
+            );
+        }
+    });
+    tensor(dx, vec![t.batch, t.c_in, t.h, t.w])
+}
+
+/// The gradient of [`forward`] with respect to `weight`.
+pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
+    let x = x.to_contiguous();
+    let output_grad = output_grad.to_contiguous();
+    let (xs, dys): (&[f32], &[f32]) = (x.storage(), output_grad.storage());
+    let (rows, hw) = (t.rows(), t.hw());
+    let w_len = t.c_in * rows;
+    // One gradient per image, summed in batch order below.
+    let per = per_image(t.batch, w_len, |n, dw, par| {
+        let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
+        // dW[c_in × rows] = X[c_in × hw] · Gᵀ[hw × rows]
+        // SAFETY: sizes as in `forward`.
+        unsafe {
+            gemm_f32(
+                t.c_in,
+                rows,
+                hw,
+                dw.as_mut_ptr(),
+                (rows, 1),
+                false,
+                xs[n * t.x_len()..].as_ptr(),
+                (hw, 1),
+                g.as_ptr(),
+                (1, hw),
+                par,
+            );
+        }
+    });
+    let mut dw = per[..w_len].to_vec();
+    for image in per.chunks_exact(w_len).skip(1) {
+        for (a, v) in dw.iter_mut().zip(image) {
+            *a += v;
+        }
+    }
+    tensor(dw, vec![t.c_in, t.c_out, t.kh, t.kw])
+}
+
+/// The gradient with respect to the bias: per output channel, the sum of its output gradient
+/// over the batch (channels in parallel, each summed in a fixed order).
+pub fn bias_backward(output_grad: FlexTensor) -> Option<FlexTensor> {
+    if output_grad.dtype() != DType::F32 || output_grad.layout().shape().num_dims() != 4 {
+        return None;
+    }
+    let output_grad = output_grad.to_contiguous();
+    let dys: &[f32] = output_grad.storage();
+    let shape = output_grad.layout().shape();
+    let (batch, c_out, plane) = (shape[0], shape[1], shape[2] * shape[3]);
+    let channel = |c: usize| -> f32 {
+        let mut total = 0.0f64;
+        for n in 0..batch {
+            let run = &dys[(n * c_out + c) * plane..][..plane];
+            // 16 lanes of f32, then f64 across lanes and images.
+            let mut lanes = [0.0f32; 16];
+            let whole = plane / 16 * 16;
+            for chunk in run[..whole].chunks_exact(16) {
+                for (l, v) in lanes.iter_mut().zip(chunk) {
+                    *l += v;
+                }
+            }
+            total += lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
+            total += run[whole..].iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        total as f32
+    };
+    #[cfg(feature = "rayon")]
+    let db: Vec<f32> = {
+        use rayon::prelude::*;
+        (0..c_out).into_par_iter().map(channel).collect()
+    };
+    #[cfg(not(feature = "rayon"))]
+    let db: Vec<f32> = (0..c_out).map(channel).collect();
+    Some(tensor(db, vec![c_out]))
+}
