@@ -32,6 +32,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the site agent does (its `main`).
+    fedseg_site::train::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -149,6 +149,7 @@ enum Command {
 
 fn main() {
     fedseg_proto::logging::init_stderr();
+    fedseg_site::train::heap::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod heap;
 pub mod progress;
 
 use std::collections::BTreeMap;
