@@ -100,45 +100,73 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], scale: f64) {
     }
 }
 
-fn check(c: &Case) {
+/// An operation's inputs and what it gave: x, weight, bias and the upstream gradient (values
+/// seeded by `seed`), the output and the gradients of L = sum(output · upstream).
+struct Run {
+    xs: Vec<f32>,
+    ws: Vec<f32>,
+    bs: Vec<f32>,
+    ups: Vec<f32>,
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+fn run(
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    y_shape: [usize; 4],
+    seed: usize,
+    op: impl Fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>,
+) -> Run {
     let device = device_for(DeviceKind::Cpu).unwrap().autodiff();
+    let c_out = y_shape[1];
+    let xs = values(x_shape.iter().product(), seed);
+    let ws = values(w_shape.iter().product(), seed + 1);
+    let bs = values(c_out, seed + 2);
+    let ups = values(y_shape.iter().product(), seed + 3);
+    let x: Tensor<4> =
+        Tensor::from_data(TensorData::new(xs.clone(), x_shape), &device).require_grad();
+    let w: Tensor<4> =
+        Tensor::from_data(TensorData::new(ws.clone(), w_shape), &device).require_grad();
+    let b: Tensor<1> =
+        Tensor::from_data(TensorData::new(bs.clone(), [c_out]), &device).require_grad();
+    let up: Tensor<4> = Tensor::from_data(TensorData::new(ups.clone(), y_shape), &device);
+    let y = op(x.clone(), w.clone(), b.clone());
+    assert_eq!(y.dims(), y_shape);
+    let grads = (y.clone() * up).sum().backward();
+    Run {
+        y: to_vec(y),
+        dx: to_vec(x.grad(&grads).expect("x gradient")),
+        dw: to_vec(w.grad(&grads).expect("weight gradient")),
+        db: to_vec(b.grad(&grads).expect("bias gradient")),
+        xs,
+        ws,
+        bs,
+        ups,
+    }
+}
+
+fn check(c: &Case) {
     let [kh, kw] = c.kernel;
     let [ho, wo] = c.out();
-    let xs = values(c.batch * c.c_in * c.h * c.w, 1);
-    let ws = values(c.c_out * c.c_in * kh * kw, 2);
-    let bs = values(c.c_out, 3);
-    let ups = values(c.batch * c.c_out * ho * wo, 4);
-    let x: Tensor<4> = Tensor::from_data(
-        TensorData::new(xs.clone(), [c.batch, c.c_in, c.h, c.w]),
-        &device,
-    )
-    .require_grad();
-    let w: Tensor<4> = Tensor::from_data(
-        TensorData::new(ws.clone(), [c.c_out, c.c_in, kh, kw]),
-        &device,
-    )
-    .require_grad();
-    let b: Tensor<1> =
-        Tensor::from_data(TensorData::new(bs.clone(), [c.c_out]), &device).require_grad();
-    let up: Tensor<4> = Tensor::from_data(
-        TensorData::new(ups.clone(), [c.batch, c.c_out, ho, wo]),
-        &device,
-    );
     let options = ConvOptions::new_with_padding(c.stride, c.padding, [1, 1], 1);
-    let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options);
-    assert_eq!(y.dims(), [c.batch, c.c_out, ho, wo]);
-    let grads = (y.clone() * up).sum().backward();
-    let (want_y, want_dx, want_dw, want_db) = reference(c, &xs, &ws, &bs, &ups);
+    let r = run(
+        [c.batch, c.c_in, c.h, c.w],
+        [c.c_out, c.c_in, kh, kw],
+        [c.batch, c.c_out, ho, wo],
+        1,
+        |x, w, b| conv2d(x, w, Some(b), options.clone()),
+    );
+    let (want_y, want_dx, want_dw, want_db) = reference(c, &r.xs, &r.ws, &r.bs, &r.ups);
     // Sums over more terms carry more f32 rounding.
     let terms = (c.c_in * kh * kw) as f64;
     let batch_terms = (c.batch * ho * wo) as f64;
-    assert_close("output", &to_vec(y), &want_y, terms.sqrt());
-    let dx = x.grad(&grads).expect("x gradient");
-    assert_close("dL/dx", &to_vec(dx), &want_dx, (c.c_out * kh * kw) as f64);
-    let dw = w.grad(&grads).expect("weight gradient");
-    assert_close("dL/dw", &to_vec(dw), &want_dw, batch_terms.sqrt());
-    let db = b.grad(&grads).expect("bias gradient");
-    assert_close("dL/db", &to_vec(db), &want_db, batch_terms.sqrt());
+    assert_close("output", &r.y, &want_y, terms.sqrt());
+    assert_close("dL/dx", &r.dx, &want_dx, (c.c_out * kh * kw) as f64);
+    assert_close("dL/dw", &r.dw, &want_dw, batch_terms.sqrt());
+    assert_close("dL/db", &r.db, &want_db, batch_terms.sqrt());
 }
 
 /// Stride-1 convolutions: the U-Net's shapes and every edge of their kernels.
@@ -295,29 +323,8 @@ fn transposed_reference(
 }
 
 fn check_transposed(c: &Transposed) {
-    let device = device_for(DeviceKind::Cpu).unwrap().autodiff();
     let k = c.kernel;
     let [ho, wo] = c.out();
-    let xs = values(c.batch * c.c_in * c.h * c.w, 5);
-    let ws = values(c.c_in * c.c_out * k * k, 6);
-    let bs = values(c.c_out, 7);
-    let ups = values(c.batch * c.c_out * ho * wo, 8);
-    let x: Tensor<4> = Tensor::from_data(
-        TensorData::new(xs.clone(), [c.batch, c.c_in, c.h, c.w]),
-        &device,
-    )
-    .require_grad();
-    let w: Tensor<4> = Tensor::from_data(
-        TensorData::new(ws.clone(), [c.c_in, c.c_out, k, k]),
-        &device,
-    )
-    .require_grad();
-    let b: Tensor<1> =
-        Tensor::from_data(TensorData::new(bs.clone(), [c.c_out]), &device).require_grad();
-    let up: Tensor<4> = Tensor::from_data(
-        TensorData::new(ups.clone(), [c.batch, c.c_out, ho, wo]),
-        &device,
-    );
     let options = ConvTransposeOptions::new(
         [c.stride, c.stride],
         [c.padding, c.padding],
@@ -325,38 +332,24 @@ fn check_transposed(c: &Transposed) {
         [1, 1],
         1,
     );
-    let y = conv_transpose2d(x.clone(), w.clone(), Some(b.clone()), options);
-    assert_eq!(y.dims(), [c.batch, c.c_out, ho, wo]);
-    let grads = (y.clone() * up).sum().backward();
-    let (want_y, want_dx, want_dw, want_db) = transposed_reference(c, &xs, &ws, &bs, &ups);
-    let batch_terms = (c.batch * ho * wo) as f64;
-    assert_close(
-        "transposed output",
-        &to_vec(y),
-        &want_y,
-        (c.c_in * k * k) as f64,
+    let r = run(
+        [c.batch, c.c_in, c.h, c.w],
+        [c.c_in, c.c_out, k, k],
+        [c.batch, c.c_out, ho, wo],
+        5,
+        |x, w, b| conv_transpose2d(x, w, Some(b), options.clone()),
     );
-    let dx = x.grad(&grads).expect("x gradient");
+    let (want_y, want_dx, want_dw, want_db) = transposed_reference(c, &r.xs, &r.ws, &r.bs, &r.ups);
+    let batch_terms = (c.batch * ho * wo) as f64;
+    assert_close("transposed output", &r.y, &want_y, (c.c_in * k * k) as f64);
     assert_close(
         "transposed dL/dx",
-        &to_vec(dx),
+        &r.dx,
         &want_dx,
         (c.c_out * k * k) as f64,
     );
-    let dw = w.grad(&grads).expect("weight gradient");
-    assert_close(
-        "transposed dL/dw",
-        &to_vec(dw),
-        &want_dw,
-        batch_terms.sqrt(),
-    );
-    let db = b.grad(&grads).expect("bias gradient");
-    assert_close(
-        "transposed dL/db",
-        &to_vec(db),
-        &want_db,
-        batch_terms.sqrt(),
-    );
+    assert_close("transposed dL/dw", &r.dw, &want_dw, batch_terms.sqrt());
+    assert_close("transposed dL/db", &r.db, &want_db, batch_terms.sqrt());
 }
 
 /// Transposed convolutions: stride = kernel takes the tiled path (vendor/burn-flex
