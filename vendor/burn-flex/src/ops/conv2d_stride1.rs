@@ -514,10 +514,15 @@ fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32]) -> Vec<f32> {
     })
 }
 
-/// The per-image weight gradients summed in batch order, as the weight's tensor; pieces of
-/// the weight in parallel (each piece's sum in the same order whatever the split).
+/// The per-image weight gradients summed in batch order, as the weight's tensor.
 fn sum_images(g: &Geometry, per: &[f32]) -> FlexTensor {
-    let w_len = g.c_out * g.c_in * g.taps();
+    let dw = sum_in_batch_order(per, g.c_out * g.c_in * g.taps());
+    tensor(dw, vec![g.c_out, g.c_in, g.kh, g.kw])
+}
+
+/// `per` (one `w_len` gradient per image) summed in batch order; pieces of the gradient in
+/// parallel (each piece's sum in the same order whatever the split).
+pub(super) fn sum_in_batch_order(per: &[f32], w_len: usize) -> Vec<f32> {
     let mut dw = per[..w_len].to_vec();
     let add_images = |start: usize, piece: &mut [f32]| {
         for image in per.chunks_exact(w_len).skip(1) {
@@ -538,5 +543,5 @@ fn sum_images(g: &Geometry, per: &[f32]) -> FlexTensor {
     for (i, piece) in dw.chunks_mut(PIECE).enumerate() {
         add_images(i * PIECE, piece);
     }
-    tensor(dw, vec![g.c_out, g.c_in, g.kh, g.kw])
+    dw
 }

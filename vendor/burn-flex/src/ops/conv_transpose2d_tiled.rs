@@ -19,7 +19,7 @@ use burn_backend::DType;
 use burn_backend::ops::ConvTransposeOptions;
 use burn_std::{Bytes, Shape};
 
-use super::conv2d_stride1::{gemm_f32, per_image};
+use super::conv2d_stride1::{gemm_f32, per_image, sum_in_batch_order};
 use crate::{FlexTensor, Layout};
 
 /// Sizes of one transposed convolution with stride = kernel.
@@ -253,13 +253,10 @@ pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> Flex
             );
         }
     });
-    let mut dw = per[..w_len].to_vec();
-    for image in per.chunks_exact(w_len).skip(1) {
-        for (a, v) in dw.iter_mut().zip(image) {
-            *a += v;
-        }
-    }
-    tensor(dw, vec![t.c_in, t.c_out, t.kh, t.kw])
+    tensor(
+        sum_in_batch_order(&per, w_len),
+        vec![t.c_in, t.c_out, t.kh, t.kw],
+    )
 }
 
 /// The gradient with respect to the bias: per output channel, the sum of its output gradient
