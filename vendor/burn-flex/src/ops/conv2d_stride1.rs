@@ -19,6 +19,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
@@ -208,13 +209,19 @@ pub(super) unsafe fn gemm_f32(
     }
 }
 
+/// An image's slice of a [`per_image`] buffer, not yet written.
+pub(super) type Slot<'a> = &'a mut [MaybeUninit<f32>];
+
 /// A new `[batch × per]` buffer, filled by `f(image, out)` for every image, each writing its
-/// own zeroed `out` slice: images in parallel when there are enough of them, otherwise one at a
-/// time with a parallel GEMM. Each slice is zeroed by the thread that fills it, right before
-/// (a serial zero fill of the whole buffer first kept the other threads waiting).
-pub(super) fn per_image<F>(batch: usize, per: usize, f: F) -> Vec<f32>
+/// own `out` slice: images in parallel when there are enough of them, otherwise one at a time
+/// with a parallel GEMM. Nothing is zeroed first: every filler writes each value once (a zero
+/// fill of every convolution's output was a few percent of a training step).
+///
+/// # Safety
+/// `f` writes every value of the slice it is given.
+pub(super) unsafe fn per_image<F>(batch: usize, per: usize, f: F) -> Vec<f32>
 where
-    F: Fn(usize, &mut [f32], gemm::Parallelism) + Send + Sync,
+    F: Fn(usize, Slot<'_>, gemm::Parallelism) + Send + Sync,
 {
     let mut out: Vec<f32> = Vec::with_capacity(batch * per);
     let slots = &mut out.spare_capacity_mut()[..batch * per];
@@ -225,32 +232,32 @@ where
             slots
                 .par_chunks_mut(per)
                 .enumerate()
-                .for_each(|(b, o)| f(b, zeroed(o), gemm::Parallelism::None));
+                .for_each(|(b, o)| f(b, o, gemm::Parallelism::None));
         } else {
             for (b, o) in slots.chunks_mut(per).enumerate() {
-                f(b, zeroed(o), gemm::Parallelism::Rayon(0));
+                f(b, o, gemm::Parallelism::Rayon(0));
             }
         }
     }
     #[cfg(not(feature = "rayon"))]
     for (b, o) in slots.chunks_mut(per).enumerate() {
-        f(b, zeroed(o), gemm::Parallelism::None);
+        f(b, o, gemm::Parallelism::None);
     }
-    // SAFETY: the `batch` slices of `per` values cover the buffer, and `zeroed` wrote each.
+    // SAFETY: the `batch` slices of `per` values cover the buffer, and `f` wrote each (the
+    // caller's promise).
     unsafe { out.set_len(batch * per) };
     out
 }
 
-fn zeroed(o: &mut [core::mem::MaybeUninit<f32>]) -> &mut [f32] {
-    for v in o.iter_mut() {
-        v.write(0.0);
+/// `dst` written with `src`'s values.
+fn write_slice(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
     }
-    // SAFETY: every value was written just above; `MaybeUninit<f32>` has `f32`'s layout.
-    unsafe { &mut *(o as *mut [core::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// One image's output from the padded grid `acc[c_out × grid]`: the valid columns, plus bias.
-fn crop_grid(g: &Geometry, acc: &[f32], o: &mut [f32], bias: Option<&[f32]>) {
+fn crop_grid(g: &Geometry, acc: &[f32], o: Slot<'_>, bias: Option<&[f32]>) {
     let (row, grid, h_out, w_out) = (g.row(), g.grid(), g.h_out(), g.w_out());
     for c in 0..g.c_out {
         let add = bias.map_or(0.0, |bs| bs[c]);
@@ -258,7 +265,7 @@ fn crop_grid(g: &Geometry, acc: &[f32], o: &mut [f32], bias: Option<&[f32]>) {
             let src = &acc[c * grid + y * row..][..w_out];
             let dst = &mut o[(c * h_out + y) * w_out..][..w_out];
             for (d, s) in dst.iter_mut().zip(src) {
-                *d = s + add;
+                d.write(s + add);
             }
         }
     }
@@ -300,7 +307,7 @@ fn conv_avx512(
     g: &Geometry,
     p: &[f32],
     packed: &[f32],
-    o: &mut [f32],
+    o: Slot<'_>,
     bias: Option<&[f32]>,
     par: gemm::Parallelism,
 ) {
@@ -317,7 +324,7 @@ fn conv_avx512(
     let plane = g.h_out() * g.w_out();
     assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
     assert!(bias.is_none_or(|b| b.len() >= s.c_out));
-    let out = Shared(o.as_mut_ptr());
+    let out = Shared(o.as_mut_ptr().cast::<f32>());
     for_each_part(s.grid.div_ceil(CHUNK), par, |chunk| {
         let out = Out {
             ptr: out.get(),
@@ -359,7 +366,7 @@ pub fn forward(
             row.copy_from_slice(&ws[o * k_len..][..k_len])
         })
     });
-    let out = per_image(g.batch, g.y_len(), |b, o, par| {
+    let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         if let Some(packed) = &packed {
@@ -386,7 +393,10 @@ pub fn forward(
             }
         }
         crop_grid(&g, &acc, o, bs);
-    });
+    };
+    // SAFETY: the AVX-512 kernel stores every output position; on the GEMM path `crop_grid`
+    // writes every value.
+    let out = unsafe { per_image(g.batch, g.y_len(), fill) };
     tensor(out, vec![g.batch, g.c_out, h_out, w_out])
 }
 
@@ -410,13 +420,15 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
                 }
             }
         });
-        let dx = per_image(g.batch, g.x_len(), |b, o, par| {
+        let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
             let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
             conv_avx512(&t, &p, &packed, o, None, par);
-        });
+        };
+        // SAFETY: the AVX-512 kernel stores every input position.
+        let dx = unsafe { per_image(g.batch, g.x_len(), fill) };
         return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
     }
-    let dx = per_image(g.batch, g.x_len(), |b, o, par| {
+    let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
         let mut dp = vec![0.0f32; g.c_in * plane];
         for tap in 0..taps {
@@ -439,11 +451,15 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
         }
         for c in 0..g.c_in {
             for y in 0..g.h {
-                o[(c * g.h + y) * g.w..][..g.w]
-                    .copy_from_slice(&dp[c * plane + (y + g.ph) * row + g.pw..][..g.w]);
+                write_slice(
+                    &mut o[(c * g.h + y) * g.w..][..g.w],
+                    &dp[c * plane + (y + g.ph) * row + g.pw..][..g.w],
+                );
             }
         }
-    });
+    };
+    // SAFETY: every row of every channel is copied out of `dp`.
+    let dx = unsafe { per_image(g.batch, g.x_len(), fill) };
     tensor(dx, vec![g.batch, g.c_in, g.h, g.w])
 }
 
@@ -459,7 +475,7 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     if super::conv2d_stride1_avx512::available() {
         return sum_images(&g, &weight_grads_avx512(&g, xs, dys));
     }
-    let per = per_image(g.batch, w_len, |b, dw, par| {
+    let fill = |b: usize, dw: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         let d = grid_of(&g, &dys[b * g.y_len()..][..g.y_len()]);
         for tap in 0..taps {
@@ -469,7 +485,7 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
                     g.c_out,
                     g.c_in,
                     grid,
-                    dw.as_mut_ptr().add(tap),
+                    dw.as_mut_ptr().cast::<f32>().add(tap),
                     (g.c_in * taps, taps),
                     false,
                     d.as_ptr(),
@@ -480,7 +496,9 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
                 );
             }
         }
-    });
+    };
+    // SAFETY: each tap's GEMM (not accumulating) writes that tap's value of every (c_out, c_in) pair.
+    let per = unsafe { per_image(g.batch, w_len, fill) };
     sum_images(&g, &per)
 }
 
@@ -499,19 +517,21 @@ fn weight_grads_avx512(g: &Geometry, xs: &[f32], dys: &[f32]) -> Vec<f32> {
         w_out: g.w_out(),
         row: g.row(),
     };
-    per_image(g.batch, g.c_out * starts.len(), |b, dw, par| {
+    let fill = |b: usize, dw: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         let d = &dys[b * g.y_len()..][..g.y_len()];
         // Every start + (h_out - 1)·row + w_out <= c_in·plane (the last tap's offset is
         // (kh - 1)·row + kw - 1, and plane covers (h + 2ph)·row + kw).
         assert!(p.len() >= g.c_in * plane && d.len() == g.y_len());
-        let dw = Shared(dw.as_mut_ptr());
+        let dw = Shared(dw.as_mut_ptr().cast::<f32>());
         for_each_part(g.c_out.div_ceil(WM), par, |block| {
             // SAFETY: sizes checked above; each block writes its own rows of dw
             // (c_out·starts.len() values per image).
             unsafe { weight_grid(s, &starts, d.as_ptr(), p.as_ptr(), dw.get(), block) };
         });
-    })
+    };
+    // SAFETY: each block writes all `starts.len()` sums of its rows; the blocks cover `c_out`.
+    unsafe { per_image(g.batch, g.c_out * starts.len(), fill) }
 }
 
 /// The per-image weight gradients summed in batch order, as the weight's tensor.

@@ -19,7 +19,7 @@ use burn_backend::DType;
 use burn_backend::ops::ConvTransposeOptions;
 use burn_std::{Bytes, Shape};
 
-use super::conv2d_stride1::{gemm_f32, per_image, sum_in_batch_order};
+use super::conv2d_stride1::{Slot, gemm_f32, per_image, sum_in_batch_order};
 use crate::{FlexTensor, Layout};
 
 /// Sizes of one transposed convolution with stride = kernel.
@@ -167,7 +167,7 @@ pub fn forward(
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), weight.storage());
     let bs: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
     let (rows, hw) = (t.rows(), t.hw());
-    let out = per_image(t.batch, t.y_len(), |n, o, par| {
+    let fill = |n: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let mut z = vec![0.0f32; rows * hw];
         // Z[rows × hw] = Wᵀ[rows × c_in] · X[c_in × hw]
         // SAFETY: Z, W and X are rows·hw, c_in·rows and c_in·hw values, read with these strides.
@@ -189,10 +189,12 @@ pub fn forward(
         t.for_each_tile_row(|zr, y| {
             let add = bs.map_or(0.0, |b| b[(zr / hw) / t.k()]);
             for (j, v) in z[zr..][..t.w].iter().enumerate() {
-                o[y + j * t.kw] = v + add;
+                o[y + j * t.kw].write(v + add);
             }
         });
-    });
+    };
+    // SAFETY: with stride = kernel and no padding the tiles cover the output, and every tile row is written.
+    let out = unsafe { per_image(t.batch, t.y_len(), fill) };
     tensor(out, vec![t.batch, t.c_out, t.h * t.kh, t.w * t.kw])
 }
 
@@ -202,7 +204,7 @@ pub fn x_backward(t: Tiles, weight: FlexTensor, output_grad: FlexTensor) -> Flex
     let output_grad = output_grad.to_contiguous();
     let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
     let (rows, hw) = (t.rows(), t.hw());
-    let dx = per_image(t.batch, t.x_len(), |n, o, par| {
+    let fill = |n: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
         // dX[c_in × hw] = W[c_in × rows] · G[rows × hw]
         // SAFETY: sizes as in `forward`.
@@ -211,7 +213,7 @@ pub fn x_backward(t: Tiles, weight: FlexTensor, output_grad: FlexTensor) -> Flex
                 t.c_in,
                 hw,
                 rows,
-                o.as_mut_ptr(),
+                o.as_mut_ptr().cast::<f32>(),
                 (hw, 1),
                 false,
                 ws.as_ptr(),
@@ -221,7 +223,9 @@ pub fn x_backward(t: Tiles, weight: FlexTensor, output_grad: FlexTensor) -> Flex
                 par,
             );
         }
-    });
+    };
+    // SAFETY: the GEMM (not accumulating) writes all of `dX`.
+    let dx = unsafe { per_image(t.batch, t.x_len(), fill) };
     tensor(dx, vec![t.batch, t.c_in, t.h, t.w])
 }
 
@@ -233,7 +237,7 @@ pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> Flex
     let (rows, hw) = (t.rows(), t.hw());
     let w_len = t.c_in * rows;
     // One gradient per image, summed in batch order below.
-    let per = per_image(t.batch, w_len, |n, dw, par| {
+    let fill = |n: usize, dw: Slot<'_>, par: gemm::Parallelism| {
         let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
         // dW[c_in × rows] = X[c_in × hw] · Gᵀ[hw × rows]
         // SAFETY: sizes as in `forward`.
@@ -242,7 +246,7 @@ pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> Flex
                 t.c_in,
                 rows,
                 hw,
-                dw.as_mut_ptr(),
+                dw.as_mut_ptr().cast::<f32>(),
                 (rows, 1),
                 false,
                 xs[n * t.x_len()..].as_ptr(),
@@ -252,46 +256,11 @@ pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> Flex
                 par,
             );
         }
-    });
+    };
+    // SAFETY: the GEMM (not accumulating) writes all of `dW`.
+    let per = unsafe { per_image(t.batch, w_len, fill) };
     tensor(
         sum_in_batch_order(&per, w_len),
         vec![t.c_in, t.c_out, t.kh, t.kw],
     )
-}
-
-/// The gradient with respect to the bias: per output channel, the sum of its output gradient
-/// over the batch (channels in parallel, each summed in a fixed order).
-pub fn bias_backward(output_grad: FlexTensor) -> Option<FlexTensor> {
-    if output_grad.dtype() != DType::F32 || output_grad.layout().shape().num_dims() != 4 {
-        return None;
-    }
-    let output_grad = output_grad.to_contiguous();
-    let dys: &[f32] = output_grad.storage();
-    let shape = output_grad.layout().shape();
-    let (batch, c_out, plane) = (shape[0], shape[1], shape[2] * shape[3]);
-    let channel = |c: usize| -> f32 {
-        let mut total = 0.0f64;
-        for n in 0..batch {
-            let run = &dys[(n * c_out + c) * plane..][..plane];
-            // 16 lanes of f32, then f64 across lanes and images.
-            let mut lanes = [0.0f32; 16];
-            let whole = plane / 16 * 16;
-            for chunk in run[..whole].chunks_exact(16) {
-                for (l, v) in lanes.iter_mut().zip(chunk) {
-                    *l += v;
-                }
-            }
-            total += lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
-            total += run[whole..].iter().map(|&v| f64::from(v)).sum::<f64>();
-        }
-        total as f32
-    };
-    #[cfg(feature = "rayon")]
-    let db: Vec<f32> = {
-        use rayon::prelude::*;
-        (0..c_out).into_par_iter().map(channel).collect()
-    };
-    #[cfg(not(feature = "rayon"))]
-    let db: Vec<f32> = (0..c_out).map(channel).collect();
-    Some(tensor(db, vec![c_out]))
 }

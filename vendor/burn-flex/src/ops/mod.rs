@@ -98,6 +98,7 @@ pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
+mod conv_bias_backward;
 mod conv2d_backward_default;
 pub mod conv2d_stride1;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]

@@ -3,8 +3,8 @@
 //! These operations power neural network modules like convolutions and pooling.
 
 use crate::ops::{
-    conv, conv_transpose, conv_transpose2d_tiled, conv2d_backward_default, conv2d_stride1,
-    deform_conv, interpolate, pool,
+    conv, conv_bias_backward, conv_transpose, conv_transpose2d_tiled, conv2d_backward_default,
+    conv2d_stride1, deform_conv, interpolate, pool,
 };
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
@@ -107,6 +107,20 @@ impl ModuleOps<Flex> for Flex {
             return conv2d_stride1::weight_backward(g, x, output_grad);
         }
         conv2d_backward_default::conv2d_weight_backward::<Flex>(x, weight, output_grad, options)
+    }
+
+    fn conv2d_bias_backward(
+        x: FloatTensor<Flex>,
+        bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        // fedseg: each channel summed where it lies (conv_bias_backward.rs).
+        if bias.dtype() == DType::F32
+            && let Some(db) = conv_bias_backward::bias_backward(output_grad.clone())
+        {
+            return db;
+        }
+        burn_backend::ops::conv::conv2d_bias_backward::<Flex>(x, bias, output_grad)
     }
 
     fn deform_conv2d(
@@ -364,7 +378,7 @@ impl ModuleOps<Flex> for Flex {
         output_grad: FloatTensor<Flex>,
     ) -> FloatTensor<Flex> {
         if bias.dtype() == DType::F32
-            && let Some(db) = conv_transpose2d_tiled::bias_backward(output_grad.clone())
+            && let Some(db) = conv_bias_backward::bias_backward(output_grad.clone())
         {
             return db;
         }

@@ -523,7 +523,7 @@ fn conv2d_weight_backward_symmetric<B: Backend>(
 }
 
 /// Calculate the [2D convolution](crate::ops::ModuleOps::conv2d) backward pass, returning the gradient for `bias`.
-pub(crate) fn conv2d_bias_backward<B: Backend>(
+pub fn conv2d_bias_backward<B: Backend>(
     x: FloatTensor<B>,
     bias: FloatTensor<B>,
     output_grad: FloatTensor<B>,
