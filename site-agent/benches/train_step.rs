@@ -77,21 +77,45 @@ fn main() -> anyhow::Result<()> {
         2
     };
     let mut times = Vec::new();
+    // Where a step's time goes, per phase. Only on the CPU: its operations run as they are
+    // called, while a GPU's are queued and would be timed by the next sync.
+    let mut phases: Vec<[f64; 5]> = Vec::new();
     for step in 0..warmup + steps {
         let t = Instant::now();
+        let mut lap = Lap(Instant::now());
         let x = input_tensor(&images, &device);
         let tg = targets(&labels, unet.classes, 1 + unet.deep_supervision, &device);
-        let loss = deep_supervision_loss(model.forward(x), tg);
+        let inputs = lap.next();
+        let outputs = model.forward(x);
+        let forward = lap.next();
+        let loss = deep_supervision_loss(outputs, tg);
+        let loss_time = lap.next();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let backward = lap.next();
         model = optim.step(1e-3, model, grads);
         // GPU work is queued: wait for it, or the step time measures only the queueing.
         device.sync()?;
+        let optimizer = lap.next();
         let seconds = t.elapsed().as_secs_f64();
         // Each step as it ends: a run stopped early (a GPU still autotuning) still tells.
         eprintln!("step {step}: {seconds:.3} s");
         if step >= warmup {
             times.push(seconds);
+            phases.push([inputs, forward, loss_time, backward, optimizer]);
         }
+    }
+    if device_kind == DeviceKind::Cpu && !phases.is_empty() {
+        let names = ["inputs", "forward", "loss", "backward", "optimizer"];
+        let medians: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+                v.sort_by(f64::total_cmp);
+                format!("{name} {:.1}", v[v.len() / 2] * 1e3)
+            })
+            .collect();
+        eprintln!("phase medians (ms): {}", medians.join(", "));
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -103,4 +127,16 @@ fn main() -> anyhow::Result<()> {
         peak_rss_mib()
     );
     Ok(())
+}
+
+/// Seconds between successive calls.
+struct Lap(Instant);
+
+impl Lap {
+    fn next(&mut self) -> f64 {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        seconds
+    }
 }

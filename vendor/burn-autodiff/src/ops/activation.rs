@@ -211,4 +211,80 @@ impl<B: Backend, C: CheckpointStrategy> ActivationOps<Autodiff<B, C>> for Autodi
             OpsKind::UnTracked(prep) => prep.finish(B::log_sigmoid(tensor.primitive)),
         }
     }
+
+    // fedseg: softmax and log-softmax recorded as one op each, forward by the backend's own
+    // (burn-flex: one pass along the class axis), backward from the saved output in a few
+    // backend passes. burn-backend's defaults record five or six ops (max, subtract, exp, sum,
+    // divide or log), each differentiated on its own: a segmentation loss over every pixel
+    // paid for each.
+    fn softmax(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Softmax;
+
+        impl<B: Backend> Backward<B, 1> for Softmax {
+            type State = (B::FloatTensorPrimitive, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (output, dim) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    // dx = y·(g − Σ g·y) = g·y − y·Σ g·y
+                    let gy = B::float_mul(grad, output.clone());
+                    let sum = B::float_sum_dim(gy.clone(), dim);
+                    B::float_sub(gy, B::float_mul(output, sum))
+                });
+            }
+        }
+
+        match Softmax
+            .prepare::<C>([tensor.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::softmax(tensor.primitive, dim);
+                prep.finish((output.clone(), dim), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::softmax(tensor.primitive, dim)),
+        }
+    }
+
+    fn log_softmax(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LogSoftmax;
+
+        impl<B: Backend> Backward<B, 1> for LogSoftmax {
+            type State = (B::FloatTensorPrimitive, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (output, dim) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    // dx = g − softmax(x)·Σ g, softmax(x) = exp(output)
+                    let sum = B::float_sum_dim(grad.clone(), dim);
+                    B::float_sub(grad, B::float_mul(B::float_exp(output), sum))
+                });
+            }
+        }
+
+        match LogSoftmax
+            .prepare::<C>([tensor.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::log_softmax(tensor.primitive, dim);
+                prep.finish((output.clone(), dim), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::log_softmax(tensor.primitive, dim)),
+        }
+    }
 }

@@ -16,6 +16,7 @@ use num_traits::Float;
 use num_traits::ToPrimitive;
 
 use crate::ops::binary::binary_op;
+use crate::ops::softmax_channels;
 use crate::ops::unary::unary_op;
 use crate::{Flex, FlexTensor, Layout};
 
@@ -182,7 +183,24 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn softmax(tensor: FloatTensor<Flex>, dim: usize) -> FloatTensor<Flex> {
+        // fedseg: along an axis before the last, where the values lie (softmax_channels.rs).
+        if let Some(sizes) = softmax_channels::plan(&tensor, dim) {
+            return softmax_channels::softmax(tensor, sizes, false);
+        }
         softmax(tensor, dim)
+    }
+
+    fn log_softmax(tensor: FloatTensor<Flex>, dim: usize) -> FloatTensor<Flex> {
+        // fedseg: see softmax; elsewhere burn-backend's default, restated (an override cannot
+        // call the default it replaces).
+        if let Some(sizes) = softmax_channels::plan(&tensor, dim) {
+            return softmax_channels::softmax(tensor, sizes, true);
+        }
+        let max = Flex::float_max_dim(Flex::float_detach(tensor.clone()), dim);
+        let shifted = Flex::float_sub(tensor, max);
+        let log_sum_exp =
+            Flex::float_log(Flex::float_sum_dim(Flex::float_exp(shifted.clone()), dim));
+        Flex::float_sub(shifted, log_sum_exp)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::ops::{
     conv, conv_bias_backward, conv_transpose, conv_transpose2d_tiled, conv2d_backward_default,
-    conv2d_stride1, deform_conv, interpolate, pool,
+    conv2d_stride1, deform_conv, interpolate, max_pool2d_tiled, pool,
 };
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
@@ -551,6 +551,12 @@ impl ModuleOps<Flex> for Flex {
         dilation: [usize; 2],
         ceil_mode: bool,
     ) -> FloatTensor<Flex> {
+        // fedseg: windows that tile the input (max_pool2d_tiled.rs).
+        if let Some(k) =
+            max_pool2d_tiled::plan(&x, kernel_size, stride, padding, dilation, ceil_mode)
+        {
+            return max_pool2d_tiled::forward(x, k).0;
+        }
         match x.dtype() {
             DType::F32 => {
                 pool::max_pool2d_f32(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -577,7 +583,10 @@ impl ModuleOps<Flex> for Flex {
         ceil_mode: bool,
         indices_dtype: IntDType,
     ) -> MaxPool2dWithIndices<Flex> {
+        // fedseg: see max_pool2d.
+        let tiled = max_pool2d_tiled::plan(&x, kernel_size, stride, padding, dilation, ceil_mode);
         let (output, mut indices) = match x.dtype() {
+            _ if let Some(k) = tiled => max_pool2d_tiled::forward(x, k),
             DType::F32 => pool::max_pool2d_with_indices_f32(
                 x,
                 kernel_size,
