@@ -16,7 +16,13 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
 }
 
 /// (output, dL/dx) along axis `dim` of `shape`, in f64.
-fn reference(shape: &[usize], dim: usize, xs: &[f32], ups: &[f32], log: bool) -> (Vec<f64>, Vec<f64>) {
+fn reference(
+    shape: &[usize],
+    dim: usize,
+    xs: &[f32],
+    ups: &[f32],
+    log: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let axis = shape[dim];
     let inner: usize = shape[dim + 1..].iter().product();
     let outer: usize = shape[..dim].iter().product();
@@ -24,7 +30,9 @@ fn reference(shape: &[usize], dim: usize, xs: &[f32], ups: &[f32], log: bool) ->
     for o in 0..outer {
         for j in 0..inner {
             let at = |c: usize| (o * axis + c) * inner + j;
-            let max = (0..axis).map(|c| f64::from(xs[at(c)])).fold(f64::MIN, f64::max);
+            let max = (0..axis)
+                .map(|c| f64::from(xs[at(c)]))
+                .fold(f64::MIN, f64::max);
             let sum: f64 = (0..axis).map(|c| (f64::from(xs[at(c)]) - max).exp()).sum();
             let p = |c: usize| (f64::from(xs[at(c)]) - max).exp() / sum;
             let up_sum: f64 = (0..axis).map(|c| f64::from(ups[at(c)])).sum();
@@ -76,7 +84,10 @@ fn check<const D: usize>(shape: [usize; D], dim: usize) {
         };
         let grads = (y.clone() * up).sum().backward();
         let (want_y, want_dx) = reference(&shape, dim, &xs, &ups, log);
-        let what = format!("{} of {shape:?} along {dim}", if log { "log_softmax" } else { "softmax" });
+        let what = format!(
+            "{} of {shape:?} along {dim}",
+            if log { "log_softmax" } else { "softmax" }
+        );
         assert_close(&format!("{what}: output"), &to_vec(y), &want_y);
         let dx = to_vec(x.grad(&grads).expect("x gradient"));
         assert_close(&format!("{what}: dL/dx"), &dx, &want_dx);
