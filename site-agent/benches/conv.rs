@@ -4,12 +4,12 @@
 //!
 //! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
 
-use std::time::Instant;
-
 use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 use burn_flex::ops::conv2d_stride1 as conv;
+
+mod support;
 
 /// (input channels, output channels, image size) of every 3×3 convolution of the `cpu` U-Net.
 const SHAPES: [(usize, usize, usize); 14] = [
@@ -35,20 +35,6 @@ fn tensor(shape: [usize; 4], seed: usize) -> FlexTensor {
         .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
         .collect();
     FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-/// Median seconds of `repeats` runs of `f`.
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,11 +64,13 @@ fn main() -> anyhow::Result<()> {
             let g = conv::plan(&x, &w, &options)
                 .ok_or_else(|| anyhow::anyhow!("stride-1 path refused {c_in}→{c_out}"))?;
             let t = [
-                time(repeats, || {
+                support::median_seconds(repeats, || {
                     drop(conv::forward(g, x.clone(), w.clone(), None))
                 }),
-                time(repeats, || drop(conv::x_backward(g, w.clone(), dy.clone()))),
-                time(repeats, || {
+                support::median_seconds(repeats, || {
+                    drop(conv::x_backward(g, w.clone(), dy.clone()))
+                }),
+                support::median_seconds(repeats, || {
                     drop(conv::weight_backward(g, x.clone(), dy.clone()))
                 }),
             ];

@@ -6,8 +6,6 @@
 //! `cargo bench -p site-agent --bench ops -- [REPEATS] [NAME]` (NAME: only the ops whose name
 //! contains it, e.g. for a profile of one)
 
-use std::time::Instant;
-
 use burn::nn::InstanceNormConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::tensor::activation::{leaky_relu, log_softmax, softmax};
@@ -15,18 +13,11 @@ use burn::tensor::{Distribution, Tensor};
 use fedseg_site::model::norm::instance_norm;
 use fedseg_site::train::{DeviceKind, device_for};
 
+mod support;
+
 /// Median milliseconds of `repeats` runs of `f` (after one warm-up run).
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+fn time(repeats: usize, f: impl FnMut()) -> f64 {
+    support::median_seconds(repeats, f) * 1e3
 }
 
 fn main() -> anyhow::Result<()> {

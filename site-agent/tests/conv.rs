@@ -1,5 +1,6 @@
 //! Convolutions against a direct sum, on the kernels this CPU picks (AVX-512 where it has it).
 
+mod common;
 mod conv_cases;
 
 #[test]

@@ -1,6 +1,7 @@
 //! Stride-1 convolutions against a direct sum on the portable GEMM path, the one CPUs without
 //! AVX-512 take. A test binary of its own: the setting below is process-wide.
 
+mod common;
 mod conv_cases;
 
 #[test]

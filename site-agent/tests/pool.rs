@@ -7,6 +7,9 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Tensor, TensorData};
 use fedseg_site::train::{DeviceKind, device_for};
 
+mod common;
+use common::to_vec;
+
 struct Case {
     shape: [usize; 4],
     kernel: [usize; 2],
@@ -71,13 +74,6 @@ fn reference(c: &Case, xs: &[f32], ups: &[f32]) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (y, dx)
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
 }
 
 fn options(c: &Case) -> MaxPoolOptions<2> {

@@ -6,6 +6,9 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Tensor, TensorData};
 use fedseg_site::train::{DeviceKind, device_for};
 
+mod common;
+use common::to_vec;
+
 /// Values in [-4, 4), and one large enough that an unshifted exp would overflow.
 fn values(n: usize, seed: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..n)
@@ -50,13 +53,6 @@ fn reference(
         }
     }
     (y, dx)
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64]) {

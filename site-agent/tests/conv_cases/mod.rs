@@ -9,6 +9,8 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
 use fedseg_site::train::{DeviceKind, device_for};
 
+use crate::common::to_vec;
+
 struct Case {
     batch: usize,
     c_in: usize,
@@ -80,13 +82,6 @@ fn reference(
         }
     }
     (y, dx, dw, db)
-}
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], scale: f64) {
