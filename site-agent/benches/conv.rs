@@ -38,10 +38,7 @@ fn tensor(shape: [usize; 4], seed: usize) -> FlexTensor {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let args = support::positional_args();
     let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);

@@ -22,10 +22,7 @@ fn time(repeats: usize, f: impl FnMut()) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     fedseg_site::train::heap::keep_freed_memory();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let args = support::positional_args();
     let repeats: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let only = args.get(1).map(String::as_str).unwrap_or("");
     let device = device_for(DeviceKind::Cpu)?.autodiff();

@@ -17,6 +17,8 @@ use fedseg_site::train::{DeviceKind, build_model, device_for};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod support;
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -34,10 +36,7 @@ fn peak_rss_mib() -> f64 {
 fn main() -> anyhow::Result<()> {
     // As the site agent does (its `main`).
     fedseg_site::train::heap::keep_freed_memory();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let args = support::positional_args();
     let model_name = args.first().map(String::as_str).unwrap_or("cpu");
     let unet = UNetConfig::by_name(model_name)
         .ok_or_else(|| anyhow::anyhow!("unknown model {model_name}"))?;

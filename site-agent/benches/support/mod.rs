@@ -1,4 +1,5 @@
-//! What the benches share.
+//! What the benches share (each bench uses part of it).
+#![allow(dead_code)]
 
 use std::time::Instant;
 
@@ -14,4 +15,12 @@ pub fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
+}
+
+/// The bench's own arguments: cargo passes `--bench` (and the harness flags) to every bench.
+pub fn positional_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect()
 }
