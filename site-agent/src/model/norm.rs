@@ -3,8 +3,8 @@
 //! `burn::nn::InstanceNorm` computes it from about ten tensor operations (a group norm), each
 //! a pass over the activations that autodiff records and replays. The same function is a batch
 //! norm of the `[1, N·C, H, W]` view with the affine parameters repeated per image, which burn
-//! differentiates as one operation and the CPU backend computes in two passes each way
-//! (vendor/burn-flex `batch_norm.rs`). The module itself (and so its parameter names) stays
+//! differentiates as one operation and the CPU backend computes per channel in one task each
+//! way (vendor/burn-flex `batch_norm.rs`). The module itself (and so its parameter names) stays
 //! `InstanceNorm`.
 
 use burn::module::Param;

@@ -7,7 +7,10 @@
 //! CPU training step.
 //!
 //! Computed in f32 (other float types are cast there and back). Each channel's sums run in a
-//! fixed order, channels in parallel, so results do not depend on the number of threads.
+//! fixed order, channels in parallel, so results do not depend on the number of threads. A
+//! channel's statistics and its output come from one task, so the output pass finds the
+//! channel's input still in cache; the loops are compiled for the CPU's widest vectors
+//! (`wide.rs`).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -17,6 +20,7 @@ use burn_backend::ops::{BatchNormTrain, BatchNormTrainBackward, FloatTensorOps};
 use burn_backend::{DType, FloatDType};
 use burn_std::{Bytes, Shape};
 
+use super::wide::multiversion;
 use crate::{Flex, FlexTensor, Layout};
 
 /// Values per channel run and channels of an `[N, C, ...]` tensor.
@@ -39,21 +43,74 @@ fn as_f32(t: FlexTensor) -> FlexTensor {
     Flex::float_cast(t, FloatDType::F32).to_contiguous()
 }
 
-/// `Σ f(i)` over `0..len` in 16 lanes of f32, the lanes then added in f64.
-#[inline]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+/// `Σ f(x)` over `xs` in 16 lanes of f32, the lanes then added in f64 (after the tail).
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(xs, xs, |x, _| f(x))
+}
+
+/// `Σ f(x, y)` over `xs` and `ys` (the same length) in 16 lanes of f32, as [`lane_sum`].
+#[inline(always)]
+fn lane_sum2(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     const LANES: usize = 16;
     let mut acc = [0.0f32; LANES];
-    let whole = len / LANES * LANES;
-    for base in (0..whole).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let (xt, yt) = (xc.remainder(), yc.remainder());
+    for (x, y) in xc.zip(yc) {
+        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *a += f(x, y);
         }
     }
-    let mut total: f64 = (whole..len).map(|i| f64::from(f(i))).sum();
+    let mut total: f64 = xt.iter().zip(yt).map(|(&x, &y)| f64::from(f(x, y))).sum();
     total += acc.iter().map(|&a| f64::from(a)).sum::<f64>();
     total
 }
+
+multiversion!(
+    /// `Σ x` over a run.
+    fn run_sum(xs: &[f32]) -> f64 {
+        lane_sum(xs, |x| x)
+    }
+);
+
+multiversion!(
+    /// `Σ (x − m)²` over a run.
+    fn run_square_deviation(xs: &[f32], m: f32) -> f64 {
+        lane_sum(xs, |x| (x - m) * (x - m))
+    }
+);
+
+multiversion!(
+    /// `Σ dy` and `Σ dy·(x − m)` over a run.
+    fn run_grad_sums(dy: &[f32], xs: &[f32], m: f32) -> (f64, f64) {
+        (lane_sum(dy, |g| g), lane_sum2(dy, xs, |g, x| g * (x - m)))
+    }
+);
+
+multiversion!(
+    /// `out = x·scale + shift` over a run.
+    fn run_affine(out: &mut [MaybeUninit<f32>], xs: &[f32], scale: f32, shift: f32) {
+        for (o, &v) in out.iter_mut().zip(xs) {
+            o.write(v * scale + shift);
+        }
+    }
+);
+
+multiversion!(
+    /// `out = scale·(dy − dy_mean − (x − m)·slope)` over a run: the input gradient.
+    fn run_input_grad(
+        out: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        dy: &[f32],
+        m: f32,
+        coefficients: [f32; 3],
+    ) {
+        let [scale, dy_mean, slope] = coefficients;
+        for ((o, &v), &g) in out.iter_mut().zip(xs).zip(dy) {
+            o.write(scale * (g - dy_mean - (v - m) * slope));
+        }
+    }
+);
 
 /// `f(c)` for every channel, in parallel when rayon is on.
 fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Send + Sync) -> Vec<T> {
@@ -66,36 +123,40 @@ fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Send + Sync) -
     (0..channels).map(f).collect()
 }
 
-/// A new `[N, C, run]` buffer of `len` values, `f(c, run_index, out_run)` writing every value
-/// of every run, runs in parallel when rayon is on (no zero fill first: it ran on the calling
-/// thread while the others waited).
-fn per_run(
-    len: usize,
-    channels: usize,
+/// The start of an output buffer, shared by the channel tasks that write its disjoint runs.
+struct Runs(*mut MaybeUninit<f32>);
+// SAFETY: the tasks sharing it write disjoint runs (see `per_channel_runs`).
+unsafe impl Sync for Runs {}
+
+/// A new `[N, C, run]` buffer and a value per channel: `f(ch, runs)` gets channel `ch`'s `N`
+/// runs (`runs[b]` is run `b·C + ch`), must write every value of them, and returns the
+/// channel's value. Channels run in parallel; each reads its input and writes its output in
+/// one task, so the second pass over a run finds it in cache (no zero fill first either: it
+/// ran on the calling thread while the others waited).
+fn per_channel_runs<T: Send>(
+    n: usize,
+    c: usize,
     run: usize,
-    f: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Send + Sync,
-) -> Vec<f32> {
+    f: impl Fn(usize, &mut [&mut [MaybeUninit<f32>]]) -> T + Send + Sync,
+) -> (Vec<f32>, Vec<T>) {
+    let len = n * c * run;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    if run == 0 {
-        return out;
-    }
-    let slots = &mut out.spare_capacity_mut()[..len];
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        slots
-            .par_chunks_mut(run)
-            .enumerate()
-            .for_each(|(i, o)| f(i % channels, i, o));
-    }
-    #[cfg(not(feature = "rayon"))]
-    for (i, o) in slots.chunks_mut(run).enumerate() {
-        f(i % channels, i, o);
-    }
-    // SAFETY: the runs cover all `len` values (`len` is a multiple of `run`), and `f` writes
-    // every value of its run (each caller zips its run with an input run of the same length).
+    let start = Runs(out.spare_capacity_mut().as_mut_ptr());
+    let start = &start;
+    let values = per_channel(c, |ch| {
+        let mut runs: Vec<&mut [MaybeUninit<f32>]> = (0..n)
+            // SAFETY: run `b·C + ch` lies inside the `len` slots, and no other task makes a
+            // slice of it: each channel is handed to one task.
+            .map(|b| unsafe {
+                core::slice::from_raw_parts_mut(start.0.add((b * c + ch) * run), run)
+            })
+            .collect();
+        f(ch, &mut runs)
+    });
+    // SAFETY: the channels' runs cover all `len` slots, and `f` writes every value of its runs
+    // (each caller zips a run with an input run of the same length).
     unsafe { out.set_len(len) };
-    out
+    (out, values)
 }
 
 /// Batch normalisation with the batch's own statistics: the output, and per channel the mean
@@ -112,23 +173,17 @@ pub fn train(
     let (xs, gs, bs): (&[f32], &[f32], &[f32]) = (x.storage(), gamma.storage(), beta.storage());
     let (n, c, run) = runs(&shape);
     let count = (n * run).max(1) as f64;
-    let stats: Vec<(f32, f32)> = per_channel(c, |ch| {
+    let (out, stats) = per_channel_runs(n, c, run, |ch, outs| {
         let at = |b: usize| &xs[(b * c + ch) * run..][..run];
-        let mean = (0..n).map(|b| lane_sum(run, |i| at(b)[i])).sum::<f64>() / count;
+        let mean = (0..n).map(|b| run_sum(at(b))).sum::<f64>() / count;
         let m = mean as f32;
-        let var = (0..n)
-            .map(|b| lane_sum(run, |i| (at(b)[i] - m) * (at(b)[i] - m)))
-            .sum::<f64>()
-            / count;
-        (m, var as f32)
-    });
-    let out = per_run(xs.len(), c, run, |ch, i, o| {
-        let (mean, var) = stats[ch];
+        let var = ((0..n).map(|b| run_square_deviation(at(b), m)).sum::<f64>() / count) as f32;
         let scale = gs[ch] / (var + epsilon as f32).sqrt();
-        let shift = bs[ch] - mean * scale;
-        for (o, &v) in o.iter_mut().zip(&xs[i * run..][..run]) {
-            o.write(v * scale + shift);
+        let shift = bs[ch] - m * scale;
+        for (b, o) in outs.iter_mut().enumerate() {
+            run_affine(o, at(b), scale, shift);
         }
+        (m, var)
     });
     let channels = Shape::from(vec![c]);
     let back = |t: FlexTensor| Flex::float_cast(t, FloatDType::from(dtype));
@@ -170,38 +225,40 @@ pub fn train_backward(
     let (n, c, run) = runs(&shape);
     let count = (n * run).max(1) as f32;
     // Per channel: 1/σ, Σ dy, Σ dy·x̂ (the beta and gamma gradients).
-    let sums: Vec<(f32, f32, f32)> = per_channel(c, |ch| {
+    // Per channel: Σ dy and Σ dy·x̂ (the beta and gamma gradients), then the input gradient.
+    let (dx, sums) = per_channel_runs(n, c, run, |ch, outs| {
+        let at = |b: usize| {
+            let off = (b * c + ch) * run;
+            (&xs[off..][..run], &dys[off..][..run])
+        };
         let inv_std = 1.0 / (vs[ch] + epsilon as f32).sqrt();
         let m = ms[ch];
         let (mut dy_sum, mut dy_xc) = (0.0f64, 0.0f64);
         for b in 0..n {
-            let off = (b * c + ch) * run;
-            let (xr, gr) = (&xs[off..][..run], &dys[off..][..run]);
-            dy_sum += lane_sum(run, |i| gr[i]);
-            dy_xc += lane_sum(run, |i| gr[i] * (xr[i] - m));
+            let (xr, gr) = at(b);
+            let (s, sx) = run_grad_sums(gr, xr, m);
+            dy_sum += s;
+            dy_xc += sx;
         }
-        (inv_std, dy_sum as f32, (dy_xc * f64::from(inv_std)) as f32)
-    });
-    let dx = per_run(xs.len(), c, run, |ch, i, o| {
-        let (inv_std, dy_sum, dy_xhat) = sums[ch];
+        let (dy_sum, dy_xhat) = (dy_sum as f32, (dy_xc * f64::from(inv_std)) as f32);
         // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy·x̂)), with x̂ = (x − μ)/σ.
         let scale = gs[ch] * inv_std;
         let dy_mean = dy_sum / count;
         let slope = dy_xhat / count * inv_std;
-        let m = ms[ch];
-        let (xr, gr) = (&xs[i * run..][..run], &dys[i * run..][..run]);
-        for ((o, &v), &g) in o.iter_mut().zip(xr).zip(gr) {
-            o.write(scale * (g - dy_mean - (v - m) * slope));
+        for (b, o) in outs.iter_mut().enumerate() {
+            let (xr, gr) = at(b);
+            run_input_grad(o, xr, gr, m, [scale, dy_mean, slope]);
         }
+        (dy_sum, dy_xhat)
     });
     let channels = Shape::from(vec![c]);
     let back = |t: FlexTensor| Flex::float_cast(t, FloatDType::from(dtype));
     BatchNormTrainBackward {
         x_grad: back(f32_tensor(dx, shape)),
         gamma_grad: back(f32_tensor(
-            sums.iter().map(|s| s.2).collect(),
+            sums.iter().map(|s| s.1).collect(),
             channels.clone(),
         )),
-        beta_grad: back(f32_tensor(sums.iter().map(|s| s.1).collect(), channels)),
+        beta_grad: back(f32_tensor(sums.iter().map(|s| s.0).collect(), channels)),
     }
 }

@@ -131,3 +131,4 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
+mod wide;

@@ -9,6 +9,8 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
+use super::wide::{wide1, wide2, wide3};
+
 /// Below this many elements a pass stays on the calling thread: handing it out costs more
 /// than it saves.
 const MIN_PARALLEL: usize = 1 << 16;
@@ -32,10 +34,10 @@ pub(crate) fn for_each_mut<E: Send>(data: &mut [E], f: impl Fn(&mut [E]) + Send 
     #[cfg(feature = "rayon")]
     if parallel(data.len()) {
         use rayon::prelude::*;
-        data.par_chunks_mut(CHUNK).for_each(f);
+        data.par_chunks_mut(CHUNK).for_each(|d| wide1(d, &f));
         return;
     }
-    f(data)
+    wide1(data, f)
 }
 
 /// `f(dst piece, src piece)` over matching pieces of `dst` and `src` (the same length).
@@ -50,10 +52,10 @@ pub(crate) fn zip_mut<D: Send, S: Sync>(
         use rayon::prelude::*;
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| f(d, s));
+            .for_each(|(d, s)| wide2(d, s, &f));
         return;
     }
-    f(dst, src)
+    wide2(dst, src, f)
 }
 
 /// `src.map(op)` into a new vector, without initialising it first.
@@ -91,12 +93,12 @@ pub(crate) fn zip_map<L: Copy + Sync, R: Copy + Sync, E: Send>(
         dst.par_chunks_mut(CHUNK)
             .zip(lhs.par_chunks(CHUNK))
             .zip(rhs.par_chunks(CHUNK))
-            .for_each(|((o, l), r)| fill(o, l, r));
+            .for_each(|((o, l), r)| wide3(o, l, r, fill));
         // SAFETY: the pieces cover all `n` slots, each written once above.
         unsafe { out.set_len(n) };
         return out;
     }
-    fill(dst, lhs, rhs);
+    wide3(dst, lhs, rhs, fill);
     // SAFETY: as above, in one piece.
     unsafe { out.set_len(n) };
     out
