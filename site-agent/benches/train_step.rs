@@ -13,6 +13,7 @@ use fedseg_site::model::loss::deep_supervision_loss;
 use fedseg_site::model::params::param_count;
 use fedseg_site::preprocess::Plane;
 use fedseg_site::train::batch::{input_tensor, targets};
+use fedseg_site::train::threads::on_compute_threads;
 use fedseg_site::train::{DeviceKind, build_model, device_for};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,34 +76,38 @@ fn main() -> anyhow::Result<()> {
     } else {
         2
     };
-    let mut times = Vec::new();
-    // Where a step's time goes, per phase. Only on the CPU: its operations run as they are
-    // called, while a GPU's are queued and would be timed by the next sync.
-    let mut phases: Vec<[f64; 5]> = Vec::new();
-    for step in 0..warmup + steps {
-        let t = Instant::now();
-        let mut lap = Lap(Instant::now());
-        let x = input_tensor(&images, &device);
-        let tg = targets(&labels, unet.classes, 1 + unet.deep_supervision, &device);
-        let inputs = lap.next();
-        let outputs = model.forward(x);
-        let forward = lap.next();
-        let loss = deep_supervision_loss(outputs, tg);
-        let loss_time = lap.next();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let backward = lap.next();
-        model = optim.step(1e-3, model, grads);
-        // GPU work is queued: wait for it, or the step time measures only the queueing.
-        device.sync()?;
-        let optimizer = lap.next();
-        let seconds = t.elapsed().as_secs_f64();
-        // Each step as it ends: a run stopped early (a GPU still autotuning) still tells.
-        eprintln!("step {step}: {seconds:.3} s");
-        if step >= warmup {
-            times.push(seconds);
-            phases.push([inputs, forward, loss_time, backward, optimizer]);
+    // As `train` runs its loop: on rayon's threads when on the CPU.
+    let (mut times, phases) = on_compute_threads(device_kind, || -> anyhow::Result<_> {
+        let mut times = Vec::new();
+        // Where a step's time goes, per phase. Only on the CPU: its operations run as they are
+        // called, while a GPU's are queued and would be timed by the next sync.
+        let mut phases: Vec<[f64; 5]> = Vec::new();
+        for step in 0..warmup + steps {
+            let t = Instant::now();
+            let mut lap = Lap(Instant::now());
+            let x = input_tensor(&images, &device);
+            let tg = targets(&labels, unet.classes, 1 + unet.deep_supervision, &device);
+            let inputs = lap.next();
+            let outputs = model.forward(x);
+            let forward = lap.next();
+            let loss = deep_supervision_loss(outputs, tg);
+            let loss_time = lap.next();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let backward = lap.next();
+            model = optim.step(1e-3, model, grads);
+            // GPU work is queued: wait for it, or the step time measures only the queueing.
+            device.sync()?;
+            let optimizer = lap.next();
+            let seconds = t.elapsed().as_secs_f64();
+            // Each step as it ends: a run stopped early (a GPU still autotuning) still tells.
+            eprintln!("step {step}: {seconds:.3} s");
+            if step >= warmup {
+                times.push(seconds);
+                phases.push([inputs, forward, loss_time, backward, optimizer]);
+            }
         }
-    }
+        Ok((times, phases))
+    })?;
     if device_kind == DeviceKind::Cpu && !phases.is_empty() {
         let names = ["inputs", "forward", "loss", "backward", "optimizer"];
         let medians: Vec<String> = names

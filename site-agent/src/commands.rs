@@ -12,6 +12,7 @@ use fedseg_site::model::params::{load_named, param_count};
 use fedseg_site::model::{TrainableSet, UNet, UNetConfig};
 use fedseg_site::nifti_io::{read_volume, write_volume};
 use fedseg_site::preprocess::{PreprocessConfig, prepare_image, restore_label};
+use fedseg_site::train::threads::on_compute_threads;
 use fedseg_site::train::{
     DeviceKind, TrainRequest, WeightsFile, build_model, device_for, load_weights,
     train as run_training,
@@ -148,7 +149,9 @@ pub fn evaluate(
     let (model, _) = model_from_weights(&weights, &fallback, Some(cfg.preprocess.size), &device)?;
     let reference = load_reference(hist_ref)?;
     let site = prepare_site(&cfg, true)?;
-    let result = evaluate_site(&model, &site, part, reference.as_ref(), &device);
+    let result = on_compute_threads(cfg.train.device, || {
+        evaluate_site(&model, &site, part, reference.as_ref(), &device)
+    });
     if result.subjects.is_empty() {
         bail!("site {} has no labelled subject in that split", site.name);
     }
@@ -190,7 +193,8 @@ pub fn predict(
     hist_ref: Option<PathBuf>,
     device: DeviceKind,
 ) -> Result<i32> {
-    let device = device_for(device)?;
+    let kind = device;
+    let device = device_for(kind)?;
     let (model, pre) = model_from_weights(&weights, &UNetConfig::cpu(), None, &device)?;
     let pre = pre.unwrap_or_default();
     let reference = load_reference(hist_ref)?;
@@ -209,7 +213,7 @@ pub fn predict(
         if let Some(r) = &reference {
             match_to_reference(&mut slices, r);
         }
-        let pred = segment_subject(&model, &slices, &device);
+        let pred = on_compute_threads(kind, || segment_subject(&model, &slices, &device));
         let label = restore_label(&pred, volume.shape(), volume.spacing, &pre).mapv(f32::from);
         let name = file
             .file_name()

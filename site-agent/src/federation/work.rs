@@ -17,6 +17,7 @@ use crate::histogram::HistogramReference;
 use crate::model::TrainableSet;
 use crate::model::params::{load_named, merge_local, named_tensors, partition_local};
 use crate::model::safetensors::read_safetensors;
+use crate::train::threads::on_compute_threads;
 use crate::train::{EpochStats, TrainRequest, WeightsFile, build_model, device_for, train};
 
 /// What a finished task leaves to send.
@@ -221,7 +222,9 @@ impl Workbench {
             let model = load_named(fresh, &tensors)
                 .map_err(|e| format!("model {version}: {e}"))?
                 .valid();
-            let result = evaluate_site(&model, &site, Part::Test, reference.as_ref(), &device);
+            let result = on_compute_threads(self.config.train.device, || {
+                evaluate_site(&model, &site, Part::Test, reference.as_ref(), &device)
+            });
             if result.subjects.is_empty() {
                 return Err(format!("site {} has no labelled test subject", site.name));
             }

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod config;
 pub mod heap;
 pub mod progress;
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -198,7 +199,13 @@ fn train_pairs(site: &PreparedSite) -> Vec<(&Plane<f32>, &Plane<u8>)> {
         .collect()
 }
 
+/// Trains `req.site`'s model as `req.config` says, on rayon's threads when on the CPU
+/// ([`threads`]).
 pub fn train(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
+    threads::on_compute_threads(req.config.device, || train_here(req))
+}
+
+fn train_here(req: TrainRequest<'_>) -> Result<TrainOutcome, TrainError> {
     let cfg = req.config;
     let size = req
         .site
