@@ -317,7 +317,9 @@ fn transposed_reference(
     (y, dx, dw, db)
 }
 
-fn check_transposed(c: &Transposed) {
+/// `grad_as_slice`: the output passes through a concatenation and back out, so its gradient
+/// arrives as a channel slice of a larger tensor (as in the U-Net's decoder), not contiguous.
+fn check_transposed(c: &Transposed, grad_as_slice: bool) {
     let k = c.kernel;
     let [ho, wo] = c.out();
     let options = ConvTransposeOptions::new(
@@ -332,7 +334,15 @@ fn check_transposed(c: &Transposed) {
         [c.c_in, c.c_out, k, k],
         [c.batch, c.c_out, ho, wo],
         5,
-        |x, w, b| conv_transpose2d(x, w, Some(b), options.clone()),
+        |x, w, b| {
+            let y = conv_transpose2d(x, w, Some(b), options.clone());
+            if !grad_as_slice {
+                return y;
+            }
+            let [n, _, h, w] = y.dims();
+            let extra = Tensor::<4>::ones([n, 2, h, w], &y.device());
+            Tensor::cat(vec![y, extra], 1).narrow(1, 0, c.c_out)
+        },
     );
     let (want_y, want_dx, want_dw, want_db) = transposed_reference(c, &r.xs, &r.ws, &r.bs, &r.ups);
     let batch_terms = (c.batch * ho * wo) as f64;
@@ -362,13 +372,19 @@ pub fn transposed() {
     };
     // The U-Net's 2×2 up-convolutions (images in parallel), one image alone with a 3×3 tile
     // (the GEMM itself parallel), and a tile of one pixel.
-    check_transposed(&up(3, 8, 4, 5, 6, 2));
-    check_transposed(&up(1, 3, 5, 4, 4, 3));
-    check_transposed(&up(2, 4, 3, 3, 5, 1));
+    check_transposed(&up(3, 8, 4, 5, 6, 2), false);
+    check_transposed(&up(1, 3, 5, 4, 4, 3), false);
+    check_transposed(&up(2, 4, 3, 3, 5, 1), false);
+    // Its gradient a channel slice (read in place), with several images and with one.
+    check_transposed(&up(3, 8, 4, 5, 6, 2), true);
+    check_transposed(&up(1, 3, 5, 4, 4, 3), true);
     // Overlapping windows and padding: upstream's code.
-    check_transposed(&Transposed {
-        stride: 2,
-        padding: 1,
-        ..up(2, 3, 2, 4, 5, 3)
-    });
+    check_transposed(
+        &Transposed {
+            stride: 2,
+            padding: 1,
+            ..up(2, 3, 2, 4, 5, 3)
+        },
+        false,
+    );
 }

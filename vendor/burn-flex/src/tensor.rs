@@ -363,7 +363,10 @@ impl FlexTensor {
                     }
                 }
             }
-        } else if shape.len() == 2 && all_positive {
+        } else if shape.len() == 2 && all_positive && strides[1] != 1 {
+            // fedseg: rows with unit stride (a slice along an outer axis, e.g. a channel slice
+            // of a concatenation's gradient) go to the run copy below; the tiled copy moved
+            // them one element at a time.
             // 2D positive-stride (transpose-like): tile both dims so
             // reads stay in cache. The loop-nesting chooser inside
             // `copy_2d_tiled` picks whichever ordering puts the

@@ -67,8 +67,8 @@ fn lane_sum2(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 multiversion!(
-    /// `Σ x` over a run.
-    fn run_sum(xs: &[f32]) -> f64 {
+    /// `Σ x` over a run (also the convolutions' bias gradient: `conv_bias_backward.rs`).
+    pub(super) fn run_sum(xs: &[f32]) -> f64 {
         lane_sum(xs, |x| x)
     }
 );

@@ -25,6 +25,7 @@ use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
 use burn_std::{Bytes, Shape};
 
+use super::wide::wide1;
 use crate::{FlexTensor, Layout};
 
 /// Sizes of one convolution on the padded grid.
@@ -557,11 +558,11 @@ pub(super) fn sum_in_batch_order(per: &[f32], w_len: usize) -> Vec<f32> {
         use rayon::prelude::*;
         dw.par_chunks_mut(PIECE)
             .enumerate()
-            .for_each(|(i, piece)| add_images(i * PIECE, piece));
+            .for_each(|(i, piece)| wide1(piece, |piece| add_images(i * PIECE, piece)));
     }
     #[cfg(not(feature = "rayon"))]
     for (i, piece) in dw.chunks_mut(PIECE).enumerate() {
-        add_images(i * PIECE, piece);
+        wide1(piece, |piece| add_images(i * PIECE, piece));
     }
     dw
 }

@@ -20,6 +20,7 @@ use burn_backend::ops::ConvTransposeOptions;
 use burn_std::{Bytes, Shape};
 
 use super::conv2d_stride1::{Slot, gemm_f32, per_image, sum_in_batch_order};
+use super::image_blocks::with_images;
 use crate::{FlexTensor, Layout};
 
 /// Sizes of one transposed convolution with stride = kernel.
@@ -201,64 +202,68 @@ pub fn forward(
 /// The gradient of [`forward`] with respect to `x`.
 pub fn x_backward(t: Tiles, weight: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
     let weight = weight.to_contiguous();
-    let output_grad = output_grad.to_contiguous();
-    let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
+    let ws: &[f32] = weight.storage();
     let (rows, hw) = (t.rows(), t.hw());
-    let fill = |n: usize, o: Slot<'_>, par: gemm::Parallelism| {
-        let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
-        // dX[c_in × hw] = W[c_in × rows] · G[rows × hw]
-        // SAFETY: sizes as in `forward`.
-        unsafe {
-            gemm_f32(
-                t.c_in,
-                hw,
-                rows,
-                o.as_mut_ptr().cast::<f32>(),
-                (hw, 1),
-                false,
-                ws.as_ptr(),
-                (rows, 1),
-                g.as_ptr(),
-                (hw, 1),
-                par,
-            );
-        }
-    };
-    // SAFETY: the GEMM (not accumulating) writes all of `dX`.
-    let dx = unsafe { per_image(t.batch, t.x_len(), fill) };
-    tensor(dx, vec![t.batch, t.c_in, t.h, t.w])
+    with_images(output_grad, |dys| {
+        debug_assert_eq!(dys.len, t.y_len());
+        let fill = |n: usize, o: Slot<'_>, par: gemm::Parallelism| {
+            let g = gather(&t, dys.image(n));
+            // dX[c_in × hw] = W[c_in × rows] · G[rows × hw]
+            // SAFETY: sizes as in `forward`.
+            unsafe {
+                gemm_f32(
+                    t.c_in,
+                    hw,
+                    rows,
+                    o.as_mut_ptr().cast::<f32>(),
+                    (hw, 1),
+                    false,
+                    ws.as_ptr(),
+                    (rows, 1),
+                    g.as_ptr(),
+                    (hw, 1),
+                    par,
+                );
+            }
+        };
+        // SAFETY: the GEMM (not accumulating) writes all of `dX`.
+        let dx = unsafe { per_image(t.batch, t.x_len(), fill) };
+        tensor(dx, vec![t.batch, t.c_in, t.h, t.w])
+    })
 }
 
 /// The gradient of [`forward`] with respect to `weight`.
 pub fn weight_backward(t: Tiles, x: FlexTensor, output_grad: FlexTensor) -> FlexTensor {
     let x = x.to_contiguous();
-    let output_grad = output_grad.to_contiguous();
-    let (xs, dys): (&[f32], &[f32]) = (x.storage(), output_grad.storage());
+    let xs: &[f32] = x.storage();
     let (rows, hw) = (t.rows(), t.hw());
     let w_len = t.c_in * rows;
-    // One gradient per image, summed in batch order below.
-    let fill = |n: usize, dw: Slot<'_>, par: gemm::Parallelism| {
-        let g = gather(&t, &dys[n * t.y_len()..][..t.y_len()]);
-        // dW[c_in × rows] = X[c_in × hw] · Gᵀ[hw × rows]
-        // SAFETY: sizes as in `forward`.
-        unsafe {
-            gemm_f32(
-                t.c_in,
-                rows,
-                hw,
-                dw.as_mut_ptr().cast::<f32>(),
-                (rows, 1),
-                false,
-                xs[n * t.x_len()..].as_ptr(),
-                (hw, 1),
-                g.as_ptr(),
-                (1, hw),
-                par,
-            );
-        }
-    };
-    // SAFETY: the GEMM (not accumulating) writes all of `dW`.
-    let per = unsafe { per_image(t.batch, w_len, fill) };
+    let per = with_images(output_grad, |dys| {
+        debug_assert_eq!(dys.len, t.y_len());
+        // One gradient per image, summed in batch order below.
+        let fill = |n: usize, dw: Slot<'_>, par: gemm::Parallelism| {
+            let g = gather(&t, dys.image(n));
+            // dW[c_in × rows] = X[c_in × hw] · Gᵀ[hw × rows]
+            // SAFETY: sizes as in `forward`.
+            unsafe {
+                gemm_f32(
+                    t.c_in,
+                    rows,
+                    hw,
+                    dw.as_mut_ptr().cast::<f32>(),
+                    (rows, 1),
+                    false,
+                    xs[n * t.x_len()..].as_ptr(),
+                    (hw, 1),
+                    g.as_ptr(),
+                    (1, hw),
+                    par,
+                );
+            }
+        };
+        // SAFETY: the GEMM (not accumulating) writes all of `dW`.
+        unsafe { per_image(t.batch, w_len, fill) }
+    });
     tensor(
         sum_in_batch_order(&per, w_len),
         vec![t.c_in, t.c_out, t.kh, t.kw],

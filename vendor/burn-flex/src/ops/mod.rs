@@ -114,6 +114,7 @@ pub mod flip;
 mod float;
 pub mod gather_scatter;
 pub mod grid_sample;
+mod image_blocks;
 mod int;
 pub mod interpolate;
 pub mod mask;
