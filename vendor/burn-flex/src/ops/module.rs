@@ -585,41 +585,44 @@ impl ModuleOps<Flex> for Flex {
     ) -> MaxPool2dWithIndices<Flex> {
         // fedseg: see max_pool2d.
         let tiled = max_pool2d_tiled::plan(&x, kernel_size, stride, padding, dilation, ceil_mode);
-        let (output, mut indices) = match x.dtype() {
-            _ if let Some(k) = tiled => max_pool2d_tiled::forward(x, k),
-            DType::F32 => pool::max_pool2d_with_indices_f32(
-                x,
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                ceil_mode,
-            ),
-            DType::F64 => pool::max_pool2d_with_indices_f64(
-                x,
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                ceil_mode,
-            ),
-            DType::F16 => pool::max_pool2d_with_indices_f16(
-                x,
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                ceil_mode,
-            ),
-            DType::BF16 => pool::max_pool2d_with_indices_bf16(
-                x,
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                ceil_mode,
-            ),
-            dtype => panic!("max_pool2d_with_indices: unsupported dtype {:?}", dtype),
+        let (output, mut indices) = if let Some(k) = tiled {
+            max_pool2d_tiled::forward(x, k)
+        } else {
+            match x.dtype() {
+                DType::F32 => pool::max_pool2d_with_indices_f32(
+                    x,
+                    kernel_size,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil_mode,
+                ),
+                DType::F64 => pool::max_pool2d_with_indices_f64(
+                    x,
+                    kernel_size,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil_mode,
+                ),
+                DType::F16 => pool::max_pool2d_with_indices_f16(
+                    x,
+                    kernel_size,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil_mode,
+                ),
+                DType::BF16 => pool::max_pool2d_with_indices_bf16(
+                    x,
+                    kernel_size,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil_mode,
+                ),
+                dtype => panic!("max_pool2d_with_indices: unsupported dtype {:?}", dtype),
+            }
         };
         if indices.dtype() != DType::from(indices_dtype) {
             indices = Flex::int_cast(indices, indices_dtype);
