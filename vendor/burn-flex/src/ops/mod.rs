@@ -132,4 +132,4 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
-mod wide;
+pub mod wide;

@@ -10,7 +10,44 @@
 //!
 //! Results do not depend on the width: Rust neither reassociates nor contracts (into FMA)
 //! floating-point arithmetic, so every element is computed by the same operations in the same
-//! order.
+//! order. [`limit_vector_width`] caps the width (tests check that claim with it, and it runs
+//! the narrower versions on a CPU that has AVX-512).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// The widest vectors these loops may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VectorWidth {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline = 0,
+    /// AVX2 with FMA.
+    Avx2 = 1,
+    /// AVX-512F (the default where the CPU has it).
+    Avx512 = 2,
+}
+
+static LIMIT: AtomicU8 = AtomicU8::new(VectorWidth::Avx512 as u8);
+
+/// Caps the vector width of burn-flex's own loops for the whole process (default: the widest
+/// the CPU has). Results are the same at every width; this is for tests and benchmarks.
+pub fn limit_vector_width(width: VectorWidth) {
+    LIMIT.store(width as u8, Ordering::Relaxed);
+}
+
+/// Whether `width` is allowed and this CPU has it.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[inline(always)]
+pub(crate) fn usable(width: VectorWidth) -> bool {
+    LIMIT.load(Ordering::Relaxed) >= width as u8
+        && match width {
+            VectorWidth::Baseline => true,
+            VectorWidth::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            VectorWidth::Avx512 => std::is_x86_feature_detected!("avx512f"),
+        }
+}
 
 macro_rules! wide {
     ($(#[$doc:meta])* $name:ident, $avx512:ident, $avx2:ident, $($arg:ident: $ty:ident),+) => {
@@ -19,12 +56,11 @@ macro_rules! wide {
         pub(crate) fn $name<$($ty,)+ R>($($arg: $ty,)+ f: impl FnOnce($($ty),+) -> R) -> R {
             #[cfg(all(target_arch = "x86_64", feature = "std"))]
             {
-                if std::is_x86_feature_detected!("avx512f") {
+                if usable(VectorWidth::Avx512) {
                     // SAFETY: the CPU has AVX-512F, the only feature `$avx512` is built for.
                     return unsafe { $avx512($($arg,)+ f) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-                {
+                if usable(VectorWidth::Avx2) {
                     // SAFETY: the CPU has AVX2 and FMA, the features `$avx2` is built for.
                     return unsafe { $avx2($($arg,)+ f) };
                 }
@@ -73,12 +109,11 @@ macro_rules! multiversion {
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? $body
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
-                if std::is_x86_feature_detected!("avx512f") {
+                if $crate::ops::wide::usable($crate::ops::wide::VectorWidth::Avx512) {
                     // SAFETY: the CPU has AVX-512F, the only feature `avx512` is built for.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-                {
+                if $crate::ops::wide::usable($crate::ops::wide::VectorWidth::Avx2) {
                     // SAFETY: the CPU has AVX2 and FMA, the features `avx2` is built for.
                     return unsafe { avx2($($arg),*) };
                 }
