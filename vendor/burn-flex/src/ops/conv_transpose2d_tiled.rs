@@ -14,6 +14,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 use burn_backend::DType;
 use burn_backend::ops::ConvTransposeOptions;
@@ -21,6 +22,7 @@ use burn_std::{Bytes, Shape};
 
 use super::conv2d_stride1::{Slot, gemm_f32, per_image, sum_in_batch_order};
 use super::image_blocks::with_images;
+use super::wide::wide1;
 use crate::{FlexTensor, Layout};
 
 /// Sizes of one transposed convolution with stride = kernel.
@@ -146,13 +148,51 @@ fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 
 /// One image's output gradient gathered into `G[(c_out, tap) × (i, j)]`.
 fn gather(t: &Tiles, dy: &[f32]) -> Vec<f32> {
-    let mut g = vec![0.0f32; t.rows() * t.hw()];
-    t.for_each_tile_row(|z, y| {
-        for (j, v) in g[z..][..t.w].iter_mut().enumerate() {
-            *v = dy[y + j * t.kw];
-        }
+    let len = t.rows() * t.hw();
+    let mut g: Vec<f32> = Vec::with_capacity(len);
+    wide1(&mut g.spare_capacity_mut()[..len], |g| {
+        t.for_each_tile_row(|z, y| {
+            let row = &mut g[z..][..t.w];
+            let src = &dy[y..][..(t.w - 1) * t.kw + 1];
+            match t.kw {
+                // The U-Net's 2×2 up-convolutions: a stride the compiler vectorises.
+                2 => every_kth::<2>(row, src),
+                _ => {
+                    for (v, &d) in row.iter_mut().zip(src.iter().step_by(t.kw)) {
+                        v.write(d);
+                    }
+                }
+            }
+        });
     });
+    // SAFETY: `for_each_tile_row` visits each of G's `rows·h` rows of `w` once, and each is
+    // written in full above: all `len` values.
+    unsafe { g.set_len(len) };
     g
+}
+
+/// `dst[j·K] = src[j] + add` for every `j`; `dst` holds `(src.len() − 1)·K + 1` values.
+#[inline(always)]
+fn to_every_kth<const K: usize>(dst: &mut [MaybeUninit<f32>], src: &[f32], add: f32) {
+    let Some((last, rest)) = src.split_last() else {
+        return;
+    };
+    for (chunk, &v) in dst.chunks_exact_mut(K).zip(rest) {
+        chunk[0].write(v + add);
+    }
+    dst[rest.len() * K].write(last + add);
+}
+
+/// `out[j] = src[j·K]` for every `j`; `src` holds `(out.len() − 1)·K + 1` values.
+#[inline(always)]
+fn every_kth<const K: usize>(out: &mut [MaybeUninit<f32>], src: &[f32]) {
+    let Some((last, rest)) = out.split_last_mut() else {
+        return;
+    };
+    for (v, chunk) in rest.iter_mut().zip(src.chunks_exact(K)) {
+        v.write(chunk[0]);
+    }
+    last.write(src[rest.len() * K]);
 }
 
 /// `conv_transpose2d(x, weight) + bias`.
@@ -187,11 +227,20 @@ pub fn forward(
                 par,
             );
         }
-        t.for_each_tile_row(|zr, y| {
-            let add = bs.map_or(0.0, |b| b[(zr / hw) / t.k()]);
-            for (j, v) in z[zr..][..t.w].iter().enumerate() {
-                o[y + j * t.kw].write(v + add);
-            }
+        wide1(o, |o| {
+            t.for_each_tile_row(|zr, y| {
+                let add = bs.map_or(0.0, |b| b[(zr / hw) / t.k()]);
+                let (src, dst) = (&z[zr..][..t.w], &mut o[y..][..(t.w - 1) * t.kw + 1]);
+                match t.kw {
+                    // As in `gather`.
+                    2 => to_every_kth::<2>(dst, src, add),
+                    _ => {
+                        for (d, &v) in dst.iter_mut().step_by(t.kw).zip(src) {
+                            d.write(v + add);
+                        }
+                    }
+                }
+            });
         });
     };
     // SAFETY: with stride = kernel and no padding the tiles cover the output, and every tile row is written.
