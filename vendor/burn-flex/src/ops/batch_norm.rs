@@ -112,8 +112,12 @@ multiversion!(
     }
 );
 
-/// `f(c)` for every channel, in parallel when rayon is on.
-fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Send + Sync) -> Vec<T> {
+/// `f(c)` for every channel, in parallel when rayon is on (also the convolutions' bias
+/// gradient).
+pub(super) fn per_channel<T: Send>(
+    channels: usize,
+    f: impl Fn(usize) -> T + Send + Sync,
+) -> Vec<T> {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;

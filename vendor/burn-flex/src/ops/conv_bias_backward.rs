@@ -6,12 +6,11 @@
 //! fixed order (results do not depend on the number of threads).
 
 use alloc::vec;
-use alloc::vec::Vec;
 
 use burn_backend::DType;
 use burn_std::{Bytes, Shape};
 
-use super::batch_norm::run_sum;
+use super::batch_norm::{per_channel, run_sum};
 use super::image_blocks::with_images;
 use crate::{FlexTensor, Layout};
 
@@ -29,16 +28,7 @@ pub fn bias_backward(output_grad: FlexTensor) -> Option<FlexTensor> {
                 .map(|n| run_sum(&dys.image(n)[c * plane..][..plane]))
                 .sum::<f64>() as f32
         };
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            (0..c_out)
-                .into_par_iter()
-                .map(channel)
-                .collect::<Vec<f32>>()
-        }
-        #[cfg(not(feature = "rayon"))]
-        (0..c_out).map(channel).collect::<Vec<f32>>()
+        per_channel(c_out, channel)
     });
     Some(FlexTensor::new(
         Bytes::from_elems(db),
