@@ -38,6 +38,13 @@ fn tensor(shape: [usize; 4], seed: usize) -> FlexTensor {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the site agent does: freed buffers stay mapped, so a call's output does not pay for
+    // fresh pages, and the work runs on rayon's threads (see `on_compute_threads`).
+    fedseg_site::train::heap::keep_freed_memory();
+    rayon::scope(|_| run())
+}
+
+fn run() -> anyhow::Result<()> {
     let args = support::positional_args();
     let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);

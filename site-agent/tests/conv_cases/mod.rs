@@ -196,6 +196,14 @@ pub fn stride_one() {
     // (8 and 4 output channels, 6 steps), one image alone (chunks and blocks in parallel).
     check(&same(1, 17, 20, 40));
     check(&same(2, 1, 3, 33));
+    // The weight gradient's broadcast kernel (more than 16 output channels): two vectors with a
+    // one-vector piece left over, an odd number of input channels, several bands of rows, and
+    // no padding.
+    check(&same(2, 5, 40, 20));
+    check(&Case {
+        padding: [(0, 0), (0, 0)],
+        ..same(3, 3, 33, 12)
+    });
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {
