@@ -445,23 +445,17 @@ unsafe fn rows_block<const MV: usize, const CB: usize, const KB: usize, const X:
     }
 }
 
-/// Writes a piece's accumulators into `dw[o][c][tap]` (`c_out·c_in·9` values, all of them
-/// once the pieces of [`weight_3x3_pieces`] are written), dropping the padding channels.
-pub fn write_3x3_piece(
-    s: Weight3x3,
-    piece: Weight3x3Piece,
-    acc: &[__m512],
-    dw: &mut [core::mem::MaybeUninit<f32>],
-) {
+/// Writes a piece's accumulators (16 values each, as [`weight_3x3_rows`] leaves them) into
+/// `dw[o][c][tap]` (`c_out·c_in·9` values, all of them once the pieces of
+/// [`weight_3x3_pieces`] are written), dropping the padding channels.
+pub fn write_3x3_piece(s: Weight3x3, piece: Weight3x3Piece, acc: &[f32], dw: &mut [f32]) {
     let k_len = s.c_in * 9;
     let per_vector = piece.channels * 9;
-    for (i, sum) in acc.iter().take(piece.accumulators()).enumerate() {
+    for (i, lanes) in acc.chunks_exact(16).take(piece.accumulators()).enumerate() {
         let (v, j) = (i / per_vector, i % per_vector);
-        // SAFETY: a vector is 16 f32 lanes.
-        let lanes: [f32; 16] = unsafe { core::mem::transmute(*sum) };
         let first = 16 * (piece.v0 + v);
         for (l, &value) in lanes.iter().enumerate().take(s.c_out.saturating_sub(first)) {
-            dw[(first + l) * k_len + piece.c0 * 9 + j].write(value);
+            dw[(first + l) * k_len + piece.c0 * 9 + j] = value;
         }
     }
 }
