@@ -473,7 +473,6 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     let w_len = g.c_out * g.c_in * taps;
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if super::conv2d_stride1_avx512::available() {
-        // One gradient per image, summed in batch order by `sum_images`.
         // The broadcast kernel for 3×3 kernels, except with few input channels and one vector
         // of output channels: it splits an image into a piece per input channel or two, so the
         // first layer (1 → 16 maps at 128 px) took 0.9–1.1 ms against 0.3–0.4 ms.
@@ -483,6 +482,7 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
                 vec![g.c_out, g.c_in, 3, 3],
             );
         }
+        // One gradient per image, summed in batch order by `sum_images`.
         return sum_images(&g, &weight_grads_avx512(&g, xs, dys));
     }
     let fill = |b: usize, dw: Slot<'_>, par: gemm::Parallelism| {

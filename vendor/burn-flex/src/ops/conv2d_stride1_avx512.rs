@@ -13,12 +13,14 @@
 //!   without the grid's dropped columns.
 //! - [`weight_grid`]: `dW[c_out, k] = Σ_positions dY[c_out, positions] · P[k, positions]`,
 //!   blocks of 4 output channels × 6 `k`, vectors along each output row (read where they lie,
-//!   no copy of `dY`), reduced at the end. Used for 1×1 kernels and up to 16 output channels.
-//! - [`weight_3x3_rows`]: the 3×3 weight gradient with more than 16 output channels, the other
-//!   way round: 16 output channels per vector (`dY` laid out as `[vector][position][16]` first),
-//!   the input broadcast, so no loads of `P` vectors and no sums across lanes. At the U-Net's
-//!   shapes (batch 8, 2 threads) it took the weight gradients of 32–128 output channels from
-//!   about 185 to 200–260 GFLOP/s, and a training step from 0.26–0.29 to 0.24–0.27 s.
+//!   no copy of `dY`), reduced at the end. Used for kernels other than 3×3, and for 3×3 ones
+//!   with at most 16 output and fewer than 16 input channels (the U-Net's first layer).
+//! - [`weight_3x3_rows`]: the other 3×3 weight gradients, the other way round: 16 output
+//!   channels per vector (`dY` laid out as `[vector][position][16]` first), the input
+//!   broadcast and shared by neighbouring positions, so no loads of `P` vectors and no sums
+//!   across lanes. At the U-Net's shapes (batch 8, 2 threads) the step's 3×3 weight gradients
+//!   went from 49 to 38 ms (140–190 → 200–280 GFLOP/s), a training step from 0.27–0.29 to
+//!   0.24 s.
 //!
 //! Tails (positions, channels) use masked loads and stores, so nothing is read or written past
 //! the data. Every sum runs in a fixed order that depends only on the shapes.
