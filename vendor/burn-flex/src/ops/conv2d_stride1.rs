@@ -542,10 +542,7 @@ fn weight_grad_3x3_avx512(g: &Geometry, xs: &[f32], dys: &[f32]) -> Vec<f32> {
             Some(start)
         })
         .collect();
-    let accumulators = offsets
-        .last()
-        .zip(pieces.last())
-        .map_or(0, |(o, p)| o + p.accumulators());
+    let accumulators: usize = pieces.iter().map(|piece| piece.accumulators()).sum();
     let positions = s.h_out * s.w_out;
     // About 256 positions per band: the band's output gradient and input rows stay in L1/L2
     // while every piece passes over them.
