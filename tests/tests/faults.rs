@@ -27,6 +27,21 @@ fn good() -> Vec<u8> {
     ])
 }
 
+/// The files in `dir`, once it is empty or `patience` has passed.
+async fn files_left_in(dir: &std::path::Path, patience: Duration) -> Vec<std::path::PathBuf> {
+    let until = std::time::Instant::now() + patience;
+    loop {
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .expect("incoming")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > until {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn bad_updates_and_streams_are_refused_with_reasons() {
     let mut fed = Fed::new(&["emidec", "mscmr"], 3, "max_model_bytes = 50000000");
@@ -149,9 +164,11 @@ fn bad_updates_and_streams_are_refused_with_reasons() {
             .await
             .expect_err("bad id");
         assert!(e.message().contains("malformed task id"), "{e:?}");
-        // None of the refused transfers left a file behind.
-        let left: Vec<_> = std::fs::read_dir(&incoming).expect("incoming").collect();
-        assert!(left.is_empty(), "partial uploads left behind: {left:?}");
+        // None of the refused transfers left a file behind. Refused updates that arrived whole
+        // also started an early aggregation, whose output is deleted off the reply's path:
+        // give that a moment.
+        let left = files_left_in(&incoming, Duration::from_secs(10)).await;
+        assert!(left.is_empty(), "files left behind: {left:?}");
 
         // The round still takes the good update, closes, and a late one is stale.
         b.upload(&tb.task_id, good(), 30, UploadFaults::default())
@@ -224,8 +241,7 @@ fn an_upload_cut_off_mid_stream_leaves_nothing_and_can_be_retried() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         call.abort();
         drop(tx);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let left: Vec<_> = std::fs::read_dir(&incoming).expect("incoming").collect();
+        let left = files_left_in(&incoming, Duration::from_secs(10)).await;
         assert!(left.is_empty(), "partial upload left behind: {left:?}");
         site.upload(&task.task_id, big, 5, UploadFaults::default())
             .await
