@@ -1,6 +1,7 @@
 //! The CPU backend's stride-1 3×3 convolutions at the CPU U-Net's shapes (128 px input): forward,
-//! input gradient and weight gradient, in ms and GFLOP/s, on the kernels this CPU picks and on
-//! the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), one after the other.
+//! input gradient and weight gradient, in ms and GFLOP/s (counted as direct sums), on the kernels
+//! this CPU picks, on the AVX-512 direct kernels (`BURN_FLEX_CONV_KERNEL=direct`, no Winograd)
+//! and on the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), shape by shape.
 //!
 //! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
 
@@ -29,6 +30,13 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (16, 16, 128),
 ];
 
+/// The kernel choices compared, by name and `BURN_FLEX_CONV_KERNEL`.
+const KERNELS: [(&str, Option<&str>); 3] = [
+    ("default", None),
+    ("direct (no Winograd)", Some("direct")),
+    ("gemm (portable)", Some("gemm")),
+];
+
 fn tensor(shape: [usize; 4], seed: usize) -> FlexTensor {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n)
@@ -49,25 +57,24 @@ fn run() -> anyhow::Result<()> {
     let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    for kernels in ["default", "gemm"] {
-        // SAFETY: single-threaded here; the backend reads it on this thread at each call.
-        unsafe {
-            if kernels == "gemm" {
-                std::env::set_var("BURN_FLEX_CONV_KERNEL", "gemm");
-            } else {
-                std::env::remove_var("BURN_FLEX_CONV_KERNEL");
+    // Each shape on every kernel choice in turn, so that a slow spell of the host falls on all
+    // of them rather than on one table.
+    let mut seconds = vec![[[0.0f64; 3]; SHAPES.len()]; KERNELS.len()];
+    for (i, &(c_in, c_out, size)) in SHAPES.iter().enumerate() {
+        let x = tensor([batch, c_in, size, size], 1);
+        let w = tensor([c_out, c_in, 3, 3], 2);
+        let dy = tensor([batch, c_out, size, size], 3);
+        let g = conv::plan(&x, &w, &options)
+            .ok_or_else(|| anyhow::anyhow!("stride-1 path refused {c_in}→{c_out}"))?;
+        for (k, (_, var)) in KERNELS.iter().enumerate() {
+            // SAFETY: single-threaded here; the backend reads it on this thread at each call.
+            unsafe {
+                match var {
+                    Some(v) => std::env::set_var("BURN_FLEX_CONV_KERNEL", v),
+                    None => std::env::remove_var("BURN_FLEX_CONV_KERNEL"),
+                }
             }
-        }
-        println!("kernels: {kernels} (batch {batch}, median of {repeats})");
-        println!("  c_in → c_out  size   forward ms  GFLOP/s   dx ms  GFLOP/s   dw ms  GFLOP/s");
-        let mut total = [0.0f64; 3];
-        for &(c_in, c_out, size) in &SHAPES {
-            let x = tensor([batch, c_in, size, size], 1);
-            let w = tensor([c_out, c_in, 3, 3], 2);
-            let dy = tensor([batch, c_out, size, size], 3);
-            let g = conv::plan(&x, &w, &options)
-                .ok_or_else(|| anyhow::anyhow!("stride-1 path refused {c_in}→{c_out}"))?;
-            let t = [
+            seconds[k][i] = [
                 support::median_seconds(repeats, || {
                     drop(conv::forward(g, x.clone(), w.clone(), None))
                 }),
@@ -78,6 +85,13 @@ fn run() -> anyhow::Result<()> {
                     drop(conv::weight_backward(g, x.clone(), dy.clone()))
                 }),
             ];
+        }
+    }
+    for ((name, _), seconds) in KERNELS.iter().zip(&seconds) {
+        println!("kernels: {name} (batch {batch}, median of {repeats})");
+        println!("  c_in → c_out  size   forward ms  GFLOP/s   dx ms  GFLOP/s   dw ms  GFLOP/s");
+        let mut total = [0.0f64; 3];
+        for (&(c_in, c_out, size), t) in SHAPES.iter().zip(seconds) {
             let gflop = 2.0 * (batch * c_in * c_out * 9 * size * size) as f64 / 1e9;
             print!("  {c_in:4} → {c_out:<4} {size:5}");
             for (i, s) in t.iter().enumerate() {

@@ -204,6 +204,16 @@ pub fn stride_one() {
         padding: [(0, 0), (0, 0)],
         ..same(3, 3, 33, 12)
     });
+    // Winograd (3×3, even output of 32 or more columns, 32 or more channels in and out): a
+    // tile row of one whole vector of tiles and a part one, output channels that fill no
+    // block; then a non-square image in two blocks of tile rows, one image alone (the blocks
+    // in parallel).
+    check(&same(2, 32, 36, 40));
+    check(&Case {
+        h: 12,
+        w: 36,
+        ..same(1, 96, 90, 0)
+    });
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {

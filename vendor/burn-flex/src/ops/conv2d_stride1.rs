@@ -338,6 +338,68 @@ fn conv_avx512(
     });
 }
 
+/// Whether Winograd F(2×2, 3×3) takes this convolution: 3×3, a shape where it is faster (see
+/// `Tiles::fit`), and the AVX-512 kernels not turned off.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn winograd_fits(g: &Geometry) -> bool {
+    (g.kh, g.kw) == (3, 3) && tiles(g).fit() && super::conv2d_winograd_avx512::available()
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn tiles(g: &Geometry) -> super::conv2d_winograd_avx512::Tiles {
+    super::conv2d_winograd_avx512::Tiles {
+        c_in: g.c_in,
+        c_out: g.c_out,
+        plane: g.plane(),
+        row: g.row(),
+        h_out: g.h_out(),
+        w_out: g.w_out(),
+    }
+}
+
+/// One image's output `o[c_out × h_out × w_out]` (plus bias) from its padded planes `p`, by
+/// Winograd F(2×2, 3×3) in blocks of tile rows.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn winograd_avx512(
+    g: &Geometry,
+    p: &[f32],
+    packed: &[f32],
+    o: Slot<'_>,
+    bias: Option<&[f32]>,
+    par: gemm::Parallelism,
+) {
+    use super::conv2d_winograd_avx512::{Out, block};
+    let s = tiles(g);
+    let plane = s.h_out * s.w_out;
+    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
+    assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
+    let mr = super::conv2d_stride1_avx512::MR;
+    assert!(packed.len() == 16 * s.c_out.div_ceil(mr) * s.c_in * mr);
+    assert!(bias.is_none_or(|b| b.len() >= s.c_out));
+    let out = Shared(o.as_mut_ptr().cast::<f32>());
+    let rows = s.rows_per_block();
+    for_each_part((s.h_out / 2).div_ceil(rows), par, |i| {
+        let mut scratch: Vec<f32> = Vec::with_capacity(s.scratch());
+        let out = Out {
+            ptr: out.get(),
+            plane,
+            bias,
+        };
+        // SAFETY: sizes asserted above; every value of `scratch` is written before it is read;
+        // each block writes its own output rows.
+        unsafe {
+            block(
+                s,
+                p.as_ptr(),
+                packed.as_ptr(),
+                out,
+                i * rows,
+                scratch.as_mut_ptr(),
+            )
+        };
+    });
+}
+
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
@@ -361,7 +423,13 @@ pub fn forward(
     let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
     let (h_out, w_out) = (g.h_out(), g.w_out());
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let packed = super::conv2d_stride1_avx512::available().then(|| {
+    let winograd = winograd_fits(&g).then(|| {
+        super::conv2d_winograd_avx512::pack_weights(g.c_out, g.c_in, |o, c| {
+            core::array::from_fn(|tap| ws[(o * g.c_in + c) * 9 + tap])
+        })
+    });
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let packed = (winograd.is_none() && super::conv2d_stride1_avx512::available()).then(|| {
         let k_len = g.c_in * taps;
         super::conv2d_stride1_avx512::pack(g.c_out, k_len, |o, row| {
             row.copy_from_slice(&ws[o * k_len..][..k_len])
@@ -369,6 +437,11 @@ pub fn forward(
     });
     let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if let Some(packed) = &winograd {
+            winograd_avx512(&g, &p, packed, o, bs, par);
+            return;
+        }
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         if let Some(packed) = &packed {
             conv_avx512(&g, &p, packed, o, bs, par);
@@ -413,6 +486,18 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
         .filter(|_| super::conv2d_stride1_avx512::available())
     {
         // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
+        if winograd_fits(&t) {
+            let packed = super::conv2d_winograd_avx512::pack_weights(t.c_out, t.c_in, |ci, co| {
+                core::array::from_fn(|tap| ws[(co * g.c_in + ci) * 9 + 8 - tap])
+            });
+            let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
+                let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
+                winograd_avx512(&t, &p, &packed, o, None, par);
+            };
+            // SAFETY: the Winograd blocks store every input position.
+            let dx = unsafe { per_image(g.batch, g.x_len(), fill) };
+            return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
+        }
         let packed = super::conv2d_stride1_avx512::pack(t.c_out, t.c_in * taps, |ci, row| {
             for (co, taps_of) in row.chunks_exact_mut(taps).enumerate() {
                 let w = &ws[(co * g.c_in + ci) * taps..][..taps];

@@ -44,7 +44,7 @@ pub fn available() -> bool {
 }
 
 /// The first `len` of 16 lanes.
-fn lanes(len: usize) -> __mmask16 {
+pub fn lanes(len: usize) -> __mmask16 {
     if len >= 16 {
         0xFFFF
     } else {
