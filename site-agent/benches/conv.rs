@@ -75,20 +75,18 @@ fn run() -> anyhow::Result<()> {
                 }
             }
             seconds[k][i] = [
-                support::median_seconds(repeats, || {
+                support::min_seconds(repeats, || {
                     drop(conv::forward(g, x.clone(), w.clone(), None))
                 }),
-                support::median_seconds(repeats, || {
-                    drop(conv::x_backward(g, w.clone(), dy.clone()))
-                }),
-                support::median_seconds(repeats, || {
+                support::min_seconds(repeats, || drop(conv::x_backward(g, w.clone(), dy.clone()))),
+                support::min_seconds(repeats, || {
                     drop(conv::weight_backward(g, x.clone(), dy.clone()))
                 }),
             ];
         }
     }
     for ((name, _), seconds) in KERNELS.iter().zip(&seconds) {
-        println!("kernels: {name} (batch {batch}, median of {repeats})");
+        println!("kernels: {name} (batch {batch}, best of {repeats})");
         println!("  c_in → c_out  size   forward ms  GFLOP/s   dx ms  GFLOP/s   dw ms  GFLOP/s");
         let mut total = [0.0f64; 3];
         for (&(c_in, c_out, size), t) in SHAPES.iter().zip(seconds) {

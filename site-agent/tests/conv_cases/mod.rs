@@ -204,11 +204,12 @@ pub fn stride_one() {
         padding: [(0, 0), (0, 0)],
         ..same(3, 3, 33, 12)
     });
-    // Winograd (3×3, even output of 32 or more columns, 32 or more channels in and out): a
+    // Winograd (3×3, even output of 16 or more columns, 16 or more channels in and out): a
     // tile row of one whole vector of tiles and a part one, output channels that fill no
-    // block; then a non-square image in two blocks of tile rows, one image alone (the blocks
-    // in parallel).
+    // block; rows of 8 tiles (half a vector); then a non-square image in two blocks of tile
+    // rows, one image alone (the blocks in parallel).
     check(&same(2, 32, 36, 40));
+    check(&same(2, 16, 24, 16));
     check(&Case {
         h: 12,
         w: 36,
