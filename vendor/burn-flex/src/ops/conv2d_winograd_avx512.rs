@@ -378,16 +378,15 @@ unsafe fn output_transform(
                         .add(o * out.plane + (2 * (first + r) + y) * s.w_out + 2 * x0)
                 };
                 // The tiles' first 8 make this row's first 16 outputs, the next 8 the rest.
-                let (next, low_lanes, high_lanes) = (16, 2 * n, (2 * n).saturating_sub(16));
                 unsafe {
                     _mm512_mask_storeu_ps(
                         dst,
-                        lanes(low_lanes),
+                        lanes(2 * n),
                         _mm512_permutex2var_ps(cols[0], low, cols[1]),
                     );
                     _mm512_mask_storeu_ps(
-                        dst.add(next),
-                        lanes(high_lanes),
+                        dst.add(16),
+                        lanes((2 * n).saturating_sub(16)),
                         _mm512_permutex2var_ps(cols[0], high, cols[1]),
                     );
                 }
