@@ -1,7 +1,9 @@
 //! The CPU backend's stride-1 3×3 convolutions at the CPU U-Net's shapes (128 px input): forward,
 //! input gradient and weight gradient, in ms and GFLOP/s (counted as direct sums), on the kernels
-//! this CPU picks, on the AVX-512 direct kernels (`BURN_FLEX_CONV_KERNEL=direct`, no Winograd)
-//! and on the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), shape by shape.
+//! this CPU picks, without Winograd (`BURN_FLEX_CONV_KERNEL=direct`: the AVX-512 direct kernels
+//! where the CPU has them), on what a CPU with AVX2 but not AVX-512 picks
+//! (`BURN_FLEX_CONV_KERNEL=avx2`) and on the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`),
+//! shape by shape.
 //!
 //! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
 
@@ -31,9 +33,10 @@ const SHAPES: [(usize, usize, usize); 14] = [
 ];
 
 /// The kernel choices compared, by name and `BURN_FLEX_CONV_KERNEL`.
-const KERNELS: [(&str, Option<&str>); 3] = [
+const KERNELS: [(&str, Option<&str>); 4] = [
     ("default", None),
-    ("direct (no Winograd)", Some("direct")),
+    ("no Winograd (AVX-512 direct, or gemm)", Some("direct")),
+    ("avx2 (Winograd with AVX2, gemm for the rest)", Some("avx2")),
     ("gemm (portable)", Some("gemm")),
 ];
 

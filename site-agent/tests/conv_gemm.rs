@@ -1,5 +1,5 @@
 //! Stride-1 convolutions against a direct sum on the portable GEMM path, the one CPUs without
-//! AVX-512 take. A test binary of its own: the setting below is process-wide.
+//! AVX-512 or AVX2 take. A test binary of its own: the setting below is process-wide.
 
 mod common;
 mod conv_cases;

@@ -1,8 +1,8 @@
 //! The CPU backend's 2D convolution (ours for stride 1: vendor/burn-flex conv2d_stride1.rs;
 //! upstream's for the rest) and transposed convolution (ours for stride = kernel) against a
 //! direct f64 sum: forward and every gradient, for the U-Net's shapes and the edges of the
-//! fast paths. Shared by `conv.rs` (the
-//! kernels this CPU picks) and `conv_gemm.rs` (the portable GEMM path).
+//! fast paths. Shared by `conv.rs` (the kernels this CPU picks), `conv_avx2.rs` (what a CPU
+//! with AVX2 but not AVX-512 picks) and `conv_gemm.rs` (the portable GEMM path).
 
 use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
@@ -210,6 +210,9 @@ pub fn stride_one() {
     // rows, one image alone (the blocks in parallel).
     check(&same(2, 32, 36, 40));
     check(&same(2, 16, 24, 16));
+    // AVX2's vectors of 8 tiles: 21 per row (two and a part), 21 rows in one block (an odd
+    // number of vectors, so one alone at the end), output channels that fill no block of 6.
+    check(&same(1, 16, 20, 42));
     check(&Case {
         h: 12,
         w: 36,

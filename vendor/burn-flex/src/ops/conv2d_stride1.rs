@@ -14,8 +14,8 @@
 //! (a convolution of `x` by `dY`, and a transposed convolution): 16→16 maps at 128×128 forward
 //! 67 → 18 ms, weight gradient 74 → 12 ms, input gradient 90 → 16 ms.
 //!
-//! On CPUs with AVX-512, 3×3 forward passes and input gradients with 16 or more channels go
-//! to Winograd F(2×2, 3×3) instead (`conv2d_winograd_avx512`), on the same padded planes.
+//! On CPUs with AVX-512 or AVX2, 3×3 forward passes and input gradients with 16 or more
+//! channels go to Winograd F(2×2, 3×3) instead (`conv2d_winograd`), on the same padded planes.
 //!
 //! Every sum runs in a fixed order (images in the batch are summed in batch order), so the
 //! results do not depend on the number of threads.
@@ -341,17 +341,19 @@ fn conv_avx512(
     });
 }
 
-/// Whether Winograd F(2×2, 3×3) takes this convolution: 3×3, a shape where it is faster (see
-/// `Tiles::fit`), and the AVX-512 kernels not turned off.
+/// The Winograd F(2×2, 3×3) kernel that takes this convolution, if one does: 3×3, a shape
+/// where it is faster (see `Tiles::fit`), and a kernel for this CPU not turned off.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn winograd_fits(g: &Geometry) -> bool {
-    (g.kh, g.kw) == (3, 3) && tiles(g).fit() && super::conv2d_winograd_avx512::available()
+fn winograd_kernel(g: &Geometry) -> Option<super::conv2d_winograd::Kernel> {
+    ((g.kh, g.kw) == (3, 3) && tiles(g).fit())
+        .then(super::conv2d_winograd::Kernel::chosen)
+        .flatten()
 }
 
 /// This convolution's sizes as the Winograd kernels see them.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn tiles(g: &Geometry) -> super::conv2d_winograd_avx512::Tiles {
-    super::conv2d_winograd_avx512::Tiles {
+fn tiles(g: &Geometry) -> super::conv2d_winograd::Tiles {
+    super::conv2d_winograd::Tiles {
         c_in: g.c_in,
         c_out: g.c_out,
         plane: g.plane(),
@@ -362,37 +364,39 @@ fn tiles(g: &Geometry) -> super::conv2d_winograd_avx512::Tiles {
 }
 
 /// One image's output `o[c_out × h_out × w_out]` (plus bias) from its padded planes `p`, by
-/// Winograd F(2×2, 3×3) in blocks of tile rows.
+/// Winograd F(2×2, 3×3) in blocks of tile rows, with the weights `packed` for `kernel`.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn winograd_avx512(
+fn winograd(
     g: &Geometry,
+    kernel: super::conv2d_winograd::Kernel,
     p: &[f32],
     packed: &[f32],
     o: Slot<'_>,
     bias: Option<&[f32]>,
     par: gemm::Parallelism,
 ) {
-    use super::conv2d_winograd_avx512::{Out, block};
+    use super::conv2d_winograd::Out;
     let s = tiles(g);
     let plane = s.h_out * s.w_out;
     assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
     assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
-    let mr = super::conv2d_stride1_avx512::MR;
+    let mr = kernel.mr();
     assert!(packed.len() == 16 * s.c_out.div_ceil(mr) * s.c_in * mr);
     assert!(bias.is_none_or(|b| b.len() >= s.c_out));
     let out = Shared(o.as_mut_ptr().cast::<f32>());
     let rows = s.rows_per_block();
     for_each_part((s.h_out / 2).div_ceil(rows), par, |i| {
-        let mut scratch: Vec<f32> = Vec::with_capacity(s.scratch());
+        let mut scratch: Vec<f32> = Vec::with_capacity(kernel.scratch(&s));
         let out = Out {
             ptr: out.get(),
             plane,
             bias,
         };
-        // SAFETY: sizes asserted above; every value of `scratch` is written before it is read;
-        // each block writes its own output rows.
+        // SAFETY: sizes asserted above, `kernel` is one this CPU runs (`Kernel::chosen`);
+        // every value of `scratch` is written before it is read; each block writes its own
+        // output rows.
         unsafe {
-            block(
+            kernel.block(
                 s,
                 p.as_ptr(),
                 packed.as_ptr(),
@@ -427,13 +431,14 @@ pub fn forward(
     let (grid, plane, taps) = (g.grid(), g.plane(), g.taps());
     let (h_out, w_out) = (g.h_out(), g.w_out());
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let winograd = winograd_fits(&g).then(|| {
-        super::conv2d_winograd_avx512::pack_weights(g.c_out, g.c_in, |o, c| {
+    let transformed = winograd_kernel(&g).map(|kernel| {
+        let packed = super::conv2d_winograd::pack_weights(kernel.mr(), g.c_out, g.c_in, |o, c| {
             core::array::from_fn(|tap| ws[(o * g.c_in + c) * 9 + tap])
-        })
+        });
+        (kernel, packed)
     });
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let packed = (winograd.is_none() && super::conv2d_stride1_avx512::available()).then(|| {
+    let packed = (transformed.is_none() && super::conv2d_stride1_avx512::available()).then(|| {
         let k_len = g.c_in * taps;
         super::conv2d_stride1_avx512::pack(g.c_out, k_len, |o, row| {
             row.copy_from_slice(&ws[o * k_len..][..k_len])
@@ -442,8 +447,8 @@ pub fn forward(
     let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        if let Some(packed) = &winograd {
-            winograd_avx512(&g, &p, packed, o, bs, par);
+        if let Some((kernel, packed)) = &transformed {
+            winograd(&g, *kernel, &p, packed, o, bs, par);
             return;
         }
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
@@ -484,24 +489,26 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
     let output_grad = output_grad.to_contiguous();
     let (ws, dys): (&[f32], &[f32]) = (weight.storage(), output_grad.storage());
     let (row, grid, plane, taps) = (g.row(), g.grid(), g.plane(), g.taps());
+    // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if let Some((t, kernel)) = g.transposed().and_then(|t| Some((t, winograd_kernel(&t)?))) {
+        let packed =
+            super::conv2d_winograd::pack_weights(kernel.mr(), t.c_out, t.c_in, |ci, co| {
+                core::array::from_fn(|tap| ws[(co * g.c_in + ci) * 9 + 8 - tap])
+            });
+        let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
+            let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
+            winograd(&t, kernel, &p, &packed, o, None, par);
+        };
+        // SAFETY: the Winograd blocks store every input position.
+        let dx = unsafe { per_image(g.batch, g.x_len(), fill) };
+        return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
+    }
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if let Some(t) = g
         .transposed()
         .filter(|_| super::conv2d_stride1_avx512::available())
     {
-        // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
-        if winograd_fits(&t) {
-            let packed = super::conv2d_winograd_avx512::pack_weights(t.c_out, t.c_in, |ci, co| {
-                core::array::from_fn(|tap| ws[(co * g.c_in + ci) * 9 + 8 - tap])
-            });
-            let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
-                let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
-                winograd_avx512(&t, &p, &packed, o, None, par);
-            };
-            // SAFETY: the Winograd blocks store every input position.
-            let dx = unsafe { per_image(g.batch, g.x_len(), fill) };
-            return tensor(dx, vec![g.batch, g.c_in, g.h, g.w]);
-        }
         let packed = super::conv2d_stride1_avx512::pack(t.c_out, t.c_in * taps, |ci, row| {
             for (co, taps_of) in row.chunks_exact_mut(taps).enumerate() {
                 let w = &ws[(co * g.c_in + ci) * taps..][..taps];

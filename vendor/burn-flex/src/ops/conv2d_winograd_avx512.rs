@@ -1,175 +1,34 @@
-//! fedseg: 3×3 stride-1 convolutions by Winograd's F(2×2, 3×3), with AVX-512, for
-//! `conv2d_stride1` (its forward pass and its input gradient, which is such a convolution too).
-//!
-//! Each 2×2 block of outputs (a tile) is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` of its 4×4 input patch
-//! `d`: 16 products per input–output channel pair instead of 36. Per tile element the products
-//! summed over input channels are one GEMM `M_e[c_out × tiles] = U_e[c_out × c_in] ·
-//! V_e[c_in × tiles]`; the transforms cost a few additions per element. Tiles go in blocks of
-//! whole tile rows, so a block's `V` and `M` stay in L2 between the input transform, the 16
-//! GEMMs and the output transform. Vectors run along 16 tiles of a row (8, half a vector, at
-//! 16 px): the input's even and odd columns are split by permutes, and the outputs
-//! interleaved back the same way. The weights are transformed once per call.
-//!
-//! Every output is summed in an order that depends only on the shapes (so not on threads). Its
-//! rounding differs from the direct sum's by a few units in the last place of the larger terms.
+//! fedseg: the AVX-512 kernels of Winograd F(2×2, 3×3) (see `conv2d_winograd`). Vectors run
+//! along 16 tiles of a row (8, half a vector, at 16 px); tails are masked.
 
 use core::arch::x86_64::*;
 
 use super::conv2d_stride1_avx512::{MR, lanes};
+use super::conv2d_winograd::{ELEMENTS, Out, Tiles, stride};
 
-/// Tile elements (4 × 4).
-const ELEMENTS: usize = 16;
-
-/// Whether this CPU runs these kernels and `BURN_FLEX_CONV_KERNEL` (`gemm`: the portable GEMM
-/// path; `direct`: the AVX-512 direct kernel) does not ask for another (read on every call, so
-/// a test or bench can compare them).
-pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::env::var_os("BURN_FLEX_CONV_KERNEL").is_none_or(|v| v != "gemm" && v != "direct")
+/// The block's vectors of tiles: (tile row, first tile, tiles).
+fn vectors(s: &Tiles, rows: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let across = s.across();
+    (0..rows).flat_map(move |r| {
+        (0..across)
+            .step_by(16)
+            .map(move |x0| (r, x0, 16.min(across - x0)))
+    })
 }
 
-/// `G g Gᵀ` of a 3×3 kernel `g` (row-major), as 16 elements.
-fn transform_kernel(g: [f32; 9]) -> [f32; ELEMENTS] {
-    // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]], applied to the columns then the rows.
-    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    let mut t = [[0.0f32; 4]; 3];
-    for (r, row) in t.iter_mut().enumerate() {
-        *row = col(g[3 * r], g[3 * r + 1], g[3 * r + 2]);
-    }
-    let mut u = [0.0f32; ELEMENTS];
-    for j in 0..4 {
-        let c = col(t[0][j], t[1][j], t[2][j]);
-        for i in 0..4 {
-            u[4 * i + j] = c[i];
-        }
-    }
-    u
-}
-
-/// The transformed weights of a convolution with `c_out × c_in` 3×3 kernels, `kernel(o, c)`
-/// giving one (row-major): per tile element, `[c_out / MR][c_in][MR]` as `pack` lays out
-/// weights, zero-padded to whole blocks. Each kernel is transformed once, blocks of output
-/// channels in parallel (transformed once per element, the 128-channel layers' weights took
-/// longer than their convolution).
-pub fn pack_weights(
-    c_out: usize,
-    c_in: usize,
-    kernel: impl Fn(usize, usize) -> [f32; 9] + Send + Sync,
-) -> Vec<f32> {
-    let per = c_out.div_ceil(MR) * c_in * MR;
-    // [block][element][c][MR], moved to [element][block][c][MR] below.
-    let mut blocks = vec![0.0f32; ELEMENTS * per];
-    let fill = |b: usize, block: &mut [f32]| {
-        for r in 0..MR.min(c_out - b * MR) {
-            for c in 0..c_in {
-                let u = transform_kernel(kernel(b * MR + r, c));
-                for (e, &v) in u.iter().enumerate() {
-                    block[(e * c_in + c) * MR + r] = v;
-                }
-            }
-        }
-    };
-    let size = ELEMENTS * c_in * MR;
-    if size == 0 {
-        return blocks;
-    }
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        blocks
-            .par_chunks_mut(size)
-            .enumerate()
-            .for_each(|(b, block)| fill(b, block));
-    }
-    #[cfg(not(feature = "rayon"))]
-    for (b, block) in blocks.chunks_mut(size).enumerate() {
-        fill(b, block);
-    }
-    let mut packed = Vec::with_capacity(ELEMENTS * per);
-    for e in 0..ELEMENTS {
-        for block in blocks.chunks_exact(size) {
-            packed.extend_from_slice(&block[e * c_in * MR..][..c_in * MR]);
-        }
-    }
-    packed
-}
-
-/// One convolution's sizes: input planes as `conv2d_stride1` pads them, outputs unpadded.
-#[derive(Clone, Copy)]
-pub struct Tiles {
-    pub c_in: usize,
-    pub c_out: usize,
-    /// Values per padded input plane, and per padded row.
-    pub plane: usize,
-    pub row: usize,
-    /// Output size, both even; the padded input has `h_out + 2` rows of at least `w_out + 2`.
-    pub h_out: usize,
-    pub w_out: usize,
-}
-
-impl Tiles {
-    fn across(&self) -> usize {
-        self.w_out / 2
-    }
-    /// Tile rows per block: the block's `V` and `M` (16 values per tile and channel) within
-    /// about 1 MiB, so they stay in L2 from one stage to the next.
-    pub fn rows_per_block(&self) -> usize {
-        let tiles = (16384 / (self.c_in + self.c_out)).max(1);
-        (tiles / self.across()).clamp(1, self.h_out / 2)
-    }
-    /// Whether these kernels take the convolution: whole tiles, at least 8 per row, and 16 or
-    /// more channels in and out — every 3×3 convolution of the `cpu` U-Net but its first
-    /// (1 → 16 maps), where the transforms would cost more than the products they save. At
-    /// 16 channels and 128 px it measured level with the direct kernel to 10 % faster, at 32
-    /// and more channels 25–40 % faster.
-    pub fn fit(&self) -> bool {
-        self.h_out % 2 == 0
-            && self.w_out % 2 == 0
-            && self.across() >= 8
-            && self.c_in >= 16
-            && self.c_out >= 16
-    }
-    /// The block's vectors of tiles: (tile row, first tile, tiles).
-    fn vectors(&self, rows: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        let across = self.across();
-        (0..rows).flat_map(move |r| {
-            (0..across)
-                .step_by(16)
-                .map(move |x0| (r, x0, 16.min(across - x0)))
-        })
-    }
-    /// Values of scratch one block needs ([`block`]'s `scratch`).
-    pub fn scratch(&self) -> usize {
-        let tiles = self.rows_per_block() * self.across();
-        ELEMENTS * (stride(self.c_in, tiles) + stride(self.c_out, tiles))
-    }
-}
-
-/// Values from one tile element's `channels × tiles` matrix to the next: a multiple of 16
-/// (aligned vectors stay aligned) that is not one of 1024. The transforms touch all 16 elements
-/// of a tile at once; 16 streams 4 KiB apart fall into the same L1 sets, which made them
-/// miss (the transforms took as long as the GEMMs).
-fn stride(channels: usize, tiles: usize) -> usize {
-    let n = (channels * tiles).next_multiple_of(16);
-    if n % 1024 == 0 { n + 16 } else { n }
-}
-
-/// Where the outputs go: channel `o`'s output `(y, x)` at `ptr[o·plane + y·w_out + x]`, plus
-/// `bias[o]` when there is a bias.
-#[derive(Clone, Copy)]
-pub struct Out<'a> {
-    pub ptr: *mut f32,
-    pub plane: usize,
-    pub bias: Option<&'a [f32]>,
+/// Values of scratch one block needs ([`block`]'s `scratch`).
+pub fn scratch(s: &Tiles) -> usize {
+    let tiles = s.rows_per_block() * s.across();
+    ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
 }
 
 /// Output rows `2·first ..` (tile rows `first .. first + rows_per_block`) of the convolution
-/// of the padded planes `p` by `packed` (from [`pack_weights`]).
+/// of the padded planes `p` by `packed` (from `pack_weights`).
 ///
 /// # Safety
 /// `p` holds `c_in` planes of `plane` values with `(h_out + 2)` rows of `row ≥ w_out + 2`;
-/// `packed` comes from [`pack_weights`] for these channel counts; `scratch` holds
-/// [`Tiles::scratch`] values; `out` holds `c_out` planes of `h_out·w_out` values, `bias` (if
+/// `packed` comes from `pack_weights` with [`MR`] for these channel counts; `scratch` holds
+/// [`scratch`] values; `out` holds `c_out` planes of `h_out·w_out` values, `bias` (if
 /// any) `c_out` values, and no other thread writes these rows.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn block(
@@ -210,7 +69,7 @@ unsafe fn input_transform(
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let across = s.across();
     for c in 0..s.c_in {
-        for (r, x0, n) in s.vectors(rows) {
+        for (r, x0, n) in vectors(&s, rows) {
             // Columns 2·x0 .. 2·x0 + 2n + 2 of the tile row's four input rows; each row as its
             // columns 2t, 2t + 1, 2t + 2, 2t + 3 for the n tiles t.
             let mut t = [[_mm512_setzero_ps(); 4]; 4];
@@ -345,7 +204,7 @@ unsafe fn output_transform(
     let across = s.across();
     for o in 0..s.c_out {
         let bias = _mm512_set1_ps(out.bias.map_or(0.0, |b| b[o]));
-        for (r, x0, n) in s.vectors(rows) {
+        for (r, x0, n) in vectors(&s, rows) {
             let at = r * across + x0;
             let keep = lanes(n);
             let load =
@@ -390,57 +249,6 @@ unsafe fn output_transform(
                         _mm512_permutex2var_ps(cols[0], high, cols[1]),
                     );
                 }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The 1D identities behind the tiles: F(2, 3) gives the two outputs of a 3-tap
-    /// correlation over 4 inputs.
-    #[test]
-    fn a_kernel_transform_reproduces_a_direct_correlation() {
-        let g = [0.3f32, -1.2, 0.7, 2.0, 0.1, -0.4, 0.9, 1.5, -0.6];
-        let d: [f32; 16] = core::array::from_fn(|i| (i as f32 * 0.37).sin());
-        let u = transform_kernel(g);
-        // V = Bᵀ d B, Y = Aᵀ (U ⊙ V) A, in scalars.
-        let bt = [
-            [1.0f32, 0.0, -1.0, 0.0],
-            [0.0, 1.0, 1.0, 0.0],
-            [0.0, -1.0, 1.0, 0.0],
-            [0.0, 1.0, 0.0, -1.0],
-        ];
-        let at = [[1.0f32, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
-        let mut mm = [0.0f32; 16];
-        for i in 0..4 {
-            for j in 0..4 {
-                let mut v = 0.0;
-                for a in 0..4 {
-                    for b in 0..4 {
-                        v += bt[i][a] * d[4 * a + b] * bt[j][b];
-                    }
-                }
-                mm[4 * i + j] = u[4 * i + j] * v;
-            }
-        }
-        for y in 0..2 {
-            for x in 0..2 {
-                let mut got = 0.0;
-                for i in 0..4 {
-                    for j in 0..4 {
-                        got += at[y][i] * mm[4 * i + j] * at[x][j];
-                    }
-                }
-                let mut want = 0.0;
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        want += d[4 * (y + ky) + x + kx] * g[3 * ky + kx];
-                    }
-                }
-                assert!((got - want).abs() < 1e-5, "({y}, {x}): {got} vs {want}");
             }
         }
     }

@@ -104,6 +104,10 @@ pub mod conv2d_stride1;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_stride1_avx512;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
+mod conv2d_winograd;
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+mod conv2d_winograd_avx2;
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_winograd_avx512;
 pub mod conv_transpose;
 mod conv_transpose2d_tiled;

@@ -1,0 +1,269 @@
+//! fedseg: the AVX2 + FMA kernels of Winograd F(2×2, 3×3) (see `conv2d_winograd`), for CPUs
+//! without AVX-512, where the other 3×3 convolutions run on the portable GEMM path.
+//!
+//! Vectors run along 8 tiles of a row. Each tile row is padded to whole vectors in `V` and `M`
+//! (the padding tiles are computed and dropped), so the GEMMs see only whole vectors; only the
+//! input loads and output stores of a partial vector are cut to the row.
+//!
+//! The even/odd column split is `shufps` within 128-bit lanes, which leaves a vector's tiles
+//! in the order 0, 1, 4, 5, 2, 3, 6, 7; the GEMMs do not care, and on the way out `unpcklps` /
+//! `unpckhps` of the even and odd outputs put that order back into 16 consecutive outputs — no
+//! permute across lanes either way.
+
+use core::arch::x86_64::*;
+
+use super::conv2d_winograd::{ELEMENTS, Out, Tiles, stride};
+
+/// Output channels per block of [`element_gemm`]; the packed weights are padded to it. 6 × 2
+/// vectors: 12 accumulators, 2 loads and a broadcast in AVX2's 16 registers.
+pub const MR: usize = 6;
+/// Tiles per vector.
+const LANES: usize = 8;
+
+/// Tiles per row in `V` and `M`: whole vectors.
+fn across_padded(s: &Tiles) -> usize {
+    s.across().next_multiple_of(LANES)
+}
+
+/// Values of scratch one block needs ([`block`]'s `scratch`).
+pub fn scratch(s: &Tiles) -> usize {
+    let tiles = s.rows_per_block() * across_padded(s);
+    ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
+}
+
+/// Output rows `2·first ..` (tile rows `first .. first + rows_per_block`) of the convolution
+/// of the padded planes `p` by `packed` (from `pack_weights` with [`MR`]).
+///
+/// # Safety
+/// As `Kernel::block` (in `conv2d_winograd`) says, with `scratch` holding [`scratch`] values,
+/// on a CPU with AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn block(
+    s: Tiles,
+    p: *const f32,
+    packed: *const f32,
+    out: Out<'_>,
+    first: usize,
+    scratch: *mut f32,
+) {
+    let rows = s.rows_per_block().min(s.h_out / 2 - first);
+    let tiles = rows * across_padded(&s);
+    let v = scratch;
+    let (vs, ms) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
+    let m = unsafe { scratch.add(ELEMENTS * vs) };
+    let per = s.c_out.div_ceil(MR) * s.c_in * MR;
+    unsafe {
+        input_transform(s, p, first, rows, tiles, v, vs);
+        for e in 0..ELEMENTS {
+            element_gemm(s, tiles, v.add(e * vs), packed.add(e * per), m.add(e * ms));
+        }
+        output_transform(s, m, ms, first, rows, tiles, out);
+    }
+}
+
+/// A mask of the first `len` of 8 lanes, for `maskload`.
+#[target_feature(enable = "avx2")]
+fn first_lanes(len: usize) -> __m256i {
+    let len = len.min(LANES) as i32;
+    let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(len), index)
+}
+
+/// `V[e][c][tile] = (Bᵀ d B)[e]` for the block's tiles, `d` each tile's 4×4 input patch.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_transform(
+    s: Tiles,
+    p: *const f32,
+    first: usize,
+    rows: usize,
+    tiles: usize,
+    v: *mut f32,
+    vs: usize,
+) {
+    let (across, padded) = (s.across(), across_padded(&s));
+    for c in 0..s.c_in {
+        for r in 0..rows {
+            for x0 in (0..across).step_by(LANES) {
+                let n = LANES.min(across - x0);
+                // Columns 2·x0 .. 2·x0 + 2n + 2 of the tile row's four input rows; each row as
+                // its columns 2t, 2t + 1, 2t + 2, 2t + 3 for the n tiles t.
+                let mut t = [[_mm256_setzero_ps(); 4]; 4];
+                for (i, t) in t.iter_mut().enumerate() {
+                    let src =
+                        unsafe { p.add(c * s.plane + (2 * (first + r) + i) * s.row + 2 * x0) };
+                    // A whole vector reads columns up to 2·x0 + 17 < w_out + 2 ≤ row.
+                    let [a, b, c2, d2] = if n == LANES {
+                        unsafe {
+                            [
+                                _mm256_loadu_ps(src),
+                                _mm256_loadu_ps(src.add(8)),
+                                _mm256_loadu_ps(src.add(2)),
+                                _mm256_loadu_ps(src.add(10)),
+                            ]
+                        }
+                    } else {
+                        let load = |at: *const f32, len: usize| unsafe {
+                            _mm256_maskload_ps(at, first_lanes(len))
+                        };
+                        unsafe {
+                            [
+                                load(src, 2 * n + 2),
+                                load(src.add(8), (2 * n + 2).saturating_sub(8)),
+                                load(src.add(2), 2 * n),
+                                load(src.add(10), (2 * n).saturating_sub(8)),
+                            ]
+                        }
+                    };
+                    let d = [
+                        _mm256_shuffle_ps::<0x88>(a, b),
+                        _mm256_shuffle_ps::<0xDD>(a, b),
+                        _mm256_shuffle_ps::<0x88>(c2, d2),
+                        _mm256_shuffle_ps::<0xDD>(c2, d2),
+                    ];
+                    // Bᵀ along the row.
+                    *t = [
+                        _mm256_sub_ps(d[0], d[2]),
+                        _mm256_add_ps(d[1], d[2]),
+                        _mm256_sub_ps(d[2], d[1]),
+                        _mm256_sub_ps(d[1], d[3]),
+                    ];
+                }
+                let at = c * tiles + r * padded + x0;
+                for j in 0..4 {
+                    // Bᵀ down the column.
+                    let col = [
+                        _mm256_sub_ps(t[0][j], t[2][j]),
+                        _mm256_add_ps(t[1][j], t[2][j]),
+                        _mm256_sub_ps(t[2][j], t[1][j]),
+                        _mm256_sub_ps(t[1][j], t[3][j]),
+                    ];
+                    for (i, value) in col.into_iter().enumerate() {
+                        let e = 4 * i + j;
+                        unsafe { _mm256_storeu_ps(v.add(e * vs + at), value) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `M[o][tile] = Σ_c U[o][c] · V[c][tile]` for one tile element: blocks of [`MR`] output
+/// channels × 2 vectors (one at the end), accumulated in registers through all input channels.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn element_gemm(s: Tiles, tiles: usize, v: *const f32, u: *const f32, m: *mut f32) {
+    let vectors = tiles / LANES;
+    for block in 0..s.c_out.div_ceil(MR) {
+        let rows = MR.min(s.c_out - block * MR);
+        let w = unsafe { u.add(block * s.c_in * MR) };
+        let m = unsafe { m.add(block * MR * tiles) };
+        unsafe {
+            for pair in 0..vectors / 2 {
+                gemm_block::<2>(s.c_in, tiles, v, w, m, rows, 2 * LANES * pair);
+            }
+            if vectors % 2 == 1 {
+                gemm_block::<1>(s.c_in, tiles, v, w, m, rows, tiles - LANES);
+            }
+        }
+    }
+}
+
+/// `rows × 8·NV` outputs of [`element_gemm`] from tile `t0`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn gemm_block<const NV: usize>(
+    c_in: usize,
+    tiles: usize,
+    v: *const f32,
+    mut w: *const f32,
+    m: *mut f32,
+    rows: usize,
+    t0: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+    for c in 0..c_in {
+        let src = unsafe { v.add(c * tiles + t0) };
+        let b: [__m256; NV] = core::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(8 * i)) });
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let a = unsafe { _mm256_broadcast_ss(&*w.add(r)) };
+            for i in 0..NV {
+                acc[i] = _mm256_fmadd_ps(a, b[i], acc[i]);
+            }
+        }
+        w = unsafe { w.add(MR) };
+    }
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        let dst = unsafe { m.add(r * tiles + t0) };
+        for i in 0..NV {
+            unsafe { _mm256_storeu_ps(dst.add(8 * i), acc[i]) };
+        }
+    }
+}
+
+/// Outputs `Aᵀ M A` (plus bias) of the block's tiles, interleaved back into rows.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_transform(
+    s: Tiles,
+    m: *const f32,
+    ms: usize,
+    first: usize,
+    rows: usize,
+    tiles: usize,
+    out: Out<'_>,
+) {
+    let (across, padded) = (s.across(), across_padded(&s));
+    for o in 0..s.c_out {
+        let bias = _mm256_set1_ps(out.bias.map_or(0.0, |b| b[o]));
+        for r in 0..rows {
+            for x0 in (0..across).step_by(LANES) {
+                let n = LANES.min(across - x0);
+                let at = o * tiles + r * padded + x0;
+                let load = |e: usize| unsafe { _mm256_loadu_ps(m.add(e * ms + at)) };
+                // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] along each element row, then down.
+                let mut t = [[_mm256_setzero_ps(); 2]; 4];
+                for (i, t) in t.iter_mut().enumerate() {
+                    let e = [
+                        load(4 * i),
+                        load(4 * i + 1),
+                        load(4 * i + 2),
+                        load(4 * i + 3),
+                    ];
+                    *t = [
+                        _mm256_add_ps(_mm256_add_ps(e[0], e[1]), e[2]),
+                        _mm256_sub_ps(_mm256_sub_ps(e[1], e[2]), e[3]),
+                    ];
+                }
+                for y in 0..2 {
+                    let cols: [__m256; 2] = core::array::from_fn(|j| {
+                        let v = if y == 0 {
+                            _mm256_add_ps(_mm256_add_ps(t[0][j], t[1][j]), t[2][j])
+                        } else {
+                            _mm256_sub_ps(_mm256_sub_ps(t[1][j], t[2][j]), t[3][j])
+                        };
+                        _mm256_add_ps(v, bias)
+                    });
+                    let dst = unsafe {
+                        out.ptr
+                            .add(o * out.plane + (2 * (first + r) + y) * s.w_out + 2 * x0)
+                    };
+                    // Tiles in the order 0, 1, 4, 5 | 2, 3, 6, 7: the low halves of each lane
+                    // are outputs 0–7, the high halves 8–15.
+                    let low = _mm256_unpacklo_ps(cols[0], cols[1]);
+                    let high = _mm256_unpackhi_ps(cols[0], cols[1]);
+                    if n == LANES {
+                        unsafe {
+                            _mm256_storeu_ps(dst, low);
+                            _mm256_storeu_ps(dst.add(8), high);
+                        }
+                    } else {
+                        let mut row = [0.0f32; 2 * LANES];
+                        unsafe {
+                            _mm256_storeu_ps(row.as_mut_ptr(), low);
+                            _mm256_storeu_ps(row.as_mut_ptr().add(8), high);
+                            core::ptr::copy_nonoverlapping(row.as_ptr(), dst, 2 * n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
