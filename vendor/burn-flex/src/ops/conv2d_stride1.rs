@@ -408,6 +408,36 @@ fn winograd(
     });
 }
 
+/// One image's 3×3 weight gradient in Winograd's transformed domain (`m[16][c_out × c_in]`,
+/// see `conv2d_winograd::weight_gradient`) from its padded planes `p` and output gradient
+/// `dy`, by the AVX2 kernels, block of tile rows after block.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn winograd_weight(g: &Geometry, p: &[f32], dy: &[f32], m: Slot<'_>, par: gemm::Parallelism) {
+    use super::conv2d_winograd::Kernel;
+    let s = tiles(g);
+    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
+    assert!(p.len() >= s.c_in * s.plane && dy.len() == s.c_out * s.h_out * s.w_out);
+    assert!(m.len() == 16 * s.c_out * s.c_in);
+    let mut scratch: Vec<f32> = Vec::with_capacity(Kernel::Avx2.scratch(&s));
+    let rows = s.rows_per_block();
+    for (i, first) in (0..s.h_out / 2).step_by(rows).enumerate() {
+        // SAFETY: sizes asserted above; `winograd_kernel` chose AVX2, so this CPU has it; every
+        // value of `scratch` is written before it is read; the first block overwrites `m`.
+        unsafe {
+            super::conv2d_winograd_avx2::weight_block(
+                s,
+                p.as_ptr(),
+                dy.as_ptr(),
+                first,
+                scratch.as_mut_ptr(),
+                m.as_mut_ptr().cast::<f32>(),
+                i > 0,
+                par,
+            )
+        };
+    }
+}
+
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
@@ -580,6 +610,23 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
         }
         // One gradient per image, summed in batch order by `sum_images`.
         return sum_images(&g, &weight_grads_avx512(&g, xs, dys));
+    }
+    // Winograd only where the alternative is the GEMM path below (not measured against the
+    // AVX-512 kernels above).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if winograd_kernel(&g) == Some(super::conv2d_winograd::Kernel::Avx2) {
+        let per_pair = 16 * g.c_out * g.c_in;
+        let fill = |b: usize, m: Slot<'_>, par: gemm::Parallelism| {
+            let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
+            winograd_weight(&g, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
+        };
+        // SAFETY: the first block of tile rows writes every value of the image's slot.
+        let per = unsafe { per_image(g.batch, per_pair, fill) };
+        let m = sum_in_batch_order(&per, per_pair);
+        return tensor(
+            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in),
+            vec![g.c_out, g.c_in, 3, 3],
+        );
     }
     let fill = |b: usize, dw: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);

@@ -61,6 +61,117 @@ pub unsafe fn block(
     }
 }
 
+/// One image's weight gradient in the transformed domain, for tile rows `first ..` (a block):
+/// `m[e][c_out × c_in] (+)= U_e · V_eᵀ` over the block's tiles, `U = G' dy G'ᵀ` of each
+/// tile's 2×2 output gradient and `V` the forward pass's input transform (F(3×3, 2×2) run
+/// backwards; `conv2d_winograd::weight_gradient` undoes the scalings and does `Aᵀ M A`).
+/// Overwrites `m` when `accumulate` is false.
+///
+/// # Safety
+/// As [`block`], with `dy` holding `c_out` planes of `h_out·w_out` values instead of `out`,
+/// and `m` holding `16·c_out·c_in` values (any, when `accumulate` is false).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn weight_block(
+    s: Tiles,
+    p: *const f32,
+    dy: *const f32,
+    first: usize,
+    scratch: *mut f32,
+    m: *mut f32,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    let rows = s.rows_per_block().min(s.h_out / 2 - first);
+    let tiles = rows * across_padded(&s);
+    let v = scratch;
+    let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
+    let u = unsafe { scratch.add(ELEMENTS * vs) };
+    let per = s.c_out * s.c_in;
+    unsafe {
+        input_transform(s, p, first, rows, tiles, v, vs);
+        output_grad_transform(s, dy, first, rows, tiles, u, us);
+        for e in 0..ELEMENTS {
+            // m_e[c_out × c_in] (+)= U_e[c_out × tiles] · V_e[c_in × tiles]ᵀ
+            super::conv2d_stride1::gemm_f32(
+                s.c_out,
+                s.c_in,
+                tiles,
+                m.add(e * per),
+                (s.c_in, 1),
+                accumulate,
+                u.add(e * us),
+                (tiles, 1),
+                v.add(e * vs),
+                (1, tiles),
+                par,
+            );
+        }
+    }
+}
+
+/// `U[e][o][tile] = (G' dy G'ᵀ)[e]` for the block's tiles, `dy` each tile's 2×2 output
+/// gradient and `G' = [[1, 0], [1, 1], [1, -1], [0, 1]]` (F(3, 2)'s `G` without its halves).
+/// Tiles in the same order as [`input_transform`]'s; padding tiles are zero.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_grad_transform(
+    s: Tiles,
+    dy: *const f32,
+    first: usize,
+    rows: usize,
+    tiles: usize,
+    u: *mut f32,
+    us: usize,
+) {
+    let (across, padded) = (s.across(), across_padded(&s));
+    for o in 0..s.c_out {
+        for r in 0..rows {
+            for x0 in (0..across).step_by(LANES) {
+                let n = LANES.min(across - x0);
+                let mut t = [[_mm256_setzero_ps(); 4]; 2];
+                for (k, t) in t.iter_mut().enumerate() {
+                    let src = unsafe {
+                        dy.add(o * s.h_out * s.w_out + (2 * (first + r) + k) * s.w_out + 2 * x0)
+                    };
+                    let [a, b] = if n == LANES {
+                        unsafe { [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))] }
+                    } else {
+                        unsafe {
+                            [
+                                _mm256_maskload_ps(src, first_lanes(2 * n)),
+                                _mm256_maskload_ps(
+                                    src.add(8),
+                                    first_lanes((2 * n).saturating_sub(8)),
+                                ),
+                            ]
+                        }
+                    };
+                    let even = _mm256_shuffle_ps::<0x88>(a, b);
+                    let odd = _mm256_shuffle_ps::<0xDD>(a, b);
+                    *t = [
+                        even,
+                        _mm256_add_ps(even, odd),
+                        _mm256_sub_ps(even, odd),
+                        odd,
+                    ];
+                }
+                let at = o * tiles + r * padded + x0;
+                for j in 0..4 {
+                    let col = [
+                        t[0][j],
+                        _mm256_add_ps(t[0][j], t[1][j]),
+                        _mm256_sub_ps(t[0][j], t[1][j]),
+                        t[1][j],
+                    ];
+                    for (i, value) in col.into_iter().enumerate() {
+                        unsafe { _mm256_storeu_ps(u.add((4 * i + j) * us + at), value) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A mask of the first `len` of 8 lanes, for `maskload`.
 #[target_feature(enable = "avx2")]
 fn first_lanes(len: usize) -> __m256i {
