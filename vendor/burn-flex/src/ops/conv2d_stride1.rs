@@ -277,7 +277,11 @@ fn crop_grid(g: &Geometry, acc: &[f32], o: Slot<'_>, bias: Option<&[f32]>) {
 
 /// Runs `f(i)` for `i < count`, in parallel when `par` says the caller is not already.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn for_each_part<F: Fn(usize) + Send + Sync>(count: usize, par: gemm::Parallelism, f: F) {
+pub(super) fn for_each_part<F: Fn(usize) + Send + Sync>(
+    count: usize,
+    par: gemm::Parallelism,
+    f: F,
+) {
     #[cfg(feature = "rayon")]
     if let gemm::Parallelism::Rayon(_) = par {
         use rayon::prelude::*;
