@@ -417,13 +417,12 @@ fn winograd(
 /// `dy`, by the AVX2 kernels, block of tile rows after block.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 fn winograd_weight(g: &Geometry, p: &[f32], dy: &[f32], m: Slot<'_>, par: gemm::Parallelism) {
-    use super::conv2d_winograd::Kernel;
     let s = tiles(g);
     assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
     assert!(p.len() >= s.c_in * s.plane && dy.len() == s.c_out * s.h_out * s.w_out);
     assert!(m.len() == 16 * s.c_out * s.c_in);
-    let mut scratch: Vec<f32> = Vec::with_capacity(Kernel::Avx2.scratch(&s));
-    let rows = s.rows_per_block();
+    let mut scratch: Vec<f32> = Vec::with_capacity(super::conv2d_winograd_avx2::weight_scratch(&s));
+    let rows = s.weight_rows_per_block();
     for (i, first) in (0..s.h_out / 2).step_by(rows).enumerate() {
         // SAFETY: sizes asserted above; `winograd_kernel` chose AVX2, so this CPU has it; every
         // value of `scratch` is written before it is read; the first block overwrites `m`.

@@ -212,7 +212,18 @@ impl Tiles {
     /// Tile rows per block: the block's `V` and `M` (16 values per tile and channel) within
     /// about 1 MiB, so they stay in L2 from one stage to the next.
     pub fn rows_per_block(&self) -> usize {
-        let tiles = (16384 / (self.c_in + self.c_out)).max(1);
+        self.rows_within(16384)
+    }
+    /// Tile rows per block of the weight gradient: twice as many, as its sums over a block's
+    /// tiles are short at many channels (64 tiles at 128 + 128) and each ends in a sum across
+    /// lanes and a store. AVX2 conv bench, all 14 weight gradients, by budget: 4096: 108–110
+    /// ms, 8192: 82–86, 16384: 60–80 (a noisy host), 32768: 64–65, 65536: 66–70.
+    pub fn weight_rows_per_block(&self) -> usize {
+        self.rows_within(32768)
+    }
+    /// Tile rows of about `budget / (c_in + c_out)` tiles: at least one, at most all.
+    fn rows_within(&self, budget: usize) -> usize {
+        let tiles = (budget / (self.c_in + self.c_out)).max(1);
         (tiles / self.across()).clamp(1, self.h_out / 2)
     }
     /// Whether these kernels take the convolution: whole tiles, at least 8 per row, and 16 or

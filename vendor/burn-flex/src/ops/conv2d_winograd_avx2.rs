@@ -27,7 +27,16 @@ fn across_padded(s: &Tiles) -> usize {
 
 /// Values of scratch one block needs ([`block`]'s `scratch`).
 pub fn scratch(s: &Tiles) -> usize {
-    let tiles = s.rows_per_block() * across_padded(s);
+    scratch_of(s, s.rows_per_block())
+}
+
+/// Values of scratch one block of the weight gradient needs ([`weight_block`]'s `scratch`).
+pub fn weight_scratch(s: &Tiles) -> usize {
+    scratch_of(s, s.weight_rows_per_block())
+}
+
+fn scratch_of(s: &Tiles, rows: usize) -> usize {
+    let tiles = rows * across_padded(s);
     ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
 }
 
@@ -61,7 +70,8 @@ pub unsafe fn block(
     }
 }
 
-/// One image's weight gradient in the transformed domain, for tile rows `first ..` (a block):
+/// One image's weight gradient in the transformed domain, for tile rows `first ..` (a block of
+/// `weight_rows_per_block`):
 /// `m[e][c_out × c_in] (+)= U_e · V_eᵀ` over the block's tiles, `U = G' dy G'ᵀ` of each
 /// tile's 2×2 output gradient and `V` the forward pass's input transform (F(3×3, 2×2) run
 /// backwards; `conv2d_winograd::weight_gradient` undoes the scalings and does `Aᵀ M A`).
@@ -69,8 +79,9 @@ pub unsafe fn block(
 /// caller is not already.
 ///
 /// # Safety
-/// As [`block`], with `dy` holding `c_out` planes of `h_out·w_out` values instead of `out`,
-/// and `m` holding `16·c_out·c_in` values (any, when `accumulate` is false).
+/// As [`block`], with `scratch` holding [`weight_scratch`] values, `dy` holding `c_out` planes
+/// of `h_out·w_out` values instead of `out`, and `m` holding `16·c_out·c_in` values (any,
+/// when `accumulate` is false).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn weight_block(
     s: Tiles,
@@ -82,7 +93,7 @@ pub unsafe fn weight_block(
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
-    let rows = s.rows_per_block().min(s.h_out / 2 - first);
+    let rows = s.weight_rows_per_block().min(s.h_out / 2 - first);
     let tiles = rows * across_padded(&s);
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
