@@ -618,14 +618,14 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     // AVX-512 kernels above).
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if winograd_kernel(&g) == Some(super::conv2d_winograd::Kernel::Avx2) {
-        let per_pair = 16 * g.c_out * g.c_in;
+        let m_len = 16 * g.c_out * g.c_in;
         let fill = |b: usize, m: Slot<'_>, par: gemm::Parallelism| {
             let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
             winograd_weight(&g, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
         };
         // SAFETY: the first block of tile rows writes every value of the image's slot.
-        let per = unsafe { per_image(g.batch, per_pair, fill) };
-        let m = sum_in_batch_order(&per, per_pair);
+        let per = unsafe { per_image(g.batch, m_len, fill) };
+        let m = sum_in_batch_order(&per, m_len);
         return tensor(
             super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in),
             vec![g.c_out, g.c_in, 3, 3],
