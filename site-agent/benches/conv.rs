@@ -33,10 +33,14 @@ const SHAPES: [(usize, usize, usize); 14] = [
 ];
 
 /// The kernel choices compared, by name and `BURN_FLEX_CONV_KERNEL`.
-const KERNELS: [(&str, Option<&str>); 4] = [
+const KERNELS: [(&str, Option<&str>); 5] = [
     ("default", None),
     ("no Winograd (AVX-512 direct, or gemm)", Some("direct")),
-    ("avx2 (Winograd with AVX2, gemm for the rest)", Some("avx2")),
+    (
+        "avx2 (Winograd with AVX2: F(4x4) where its tiles fit, else F(2x2); gemm for the rest)",
+        Some("avx2"),
+    ),
+    ("avx2-f2 (Winograd with AVX2, F(2x2) only)", Some("avx2-f2")),
     ("gemm (portable)", Some("gemm")),
 ];
 

@@ -218,6 +218,15 @@ pub fn stride_one() {
         w: 36,
         ..same(1, 96, 90, 0)
     });
+    // AVX2's F(4×4, 3×3) (rows of whole vectors of 8 four-wide tiles): one vector per row,
+    // output channels that fill no block of 6; then two vectors per row, a non-square image in
+    // two blocks of tile rows (5 and 1), one image alone (the blocks in parallel).
+    check(&same(2, 16, 20, 32));
+    check(&Case {
+        h: 24,
+        w: 64,
+        ..same(1, 48, 40, 0)
+    });
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {

@@ -15,7 +15,9 @@
 //! 67 → 18 ms, weight gradient 74 → 12 ms, input gradient 90 → 16 ms.
 //!
 //! On CPUs with AVX-512 or AVX2, 3×3 forward passes and input gradients with 16 or more
-//! channels go to Winograd F(2×2, 3×3) instead (`conv2d_winograd`), on the same padded planes.
+//! channels go to Winograd F(2×2, 3×3) instead (`conv2d_winograd`), on the same padded planes;
+//! with AVX2, F(4×4, 3×3) where rows hold whole vectors of its tiles, and the weight gradients
+//! too (F(3×3, 2×2) or F(3×3, 4×4) to match).
 //!
 //! Every sum runs in a fixed order (images in the batch are summed in batch order), so the
 //! results do not depend on the number of threads.
@@ -28,6 +30,8 @@ use burn_backend::DType;
 use burn_backend::ops::ConvOptions;
 use burn_std::{Bytes, Shape};
 
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+use super::conv2d_winograd::Kernel;
 use super::wide::wide1;
 use crate::{FlexTensor, Layout};
 
@@ -345,12 +349,12 @@ fn conv_avx512(
     });
 }
 
-/// The Winograd F(2×2, 3×3) kernel that takes this convolution, if one does: 3×3, a shape
-/// where it is faster (see `Tiles::fit`), and a kernel for this CPU not turned off.
+/// The Winograd kernel that takes this convolution, if one does: 3×3, a shape where it is
+/// faster (see `Tiles::fit`), and a kernel for this CPU not turned off.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 fn winograd_kernel(g: &Geometry) -> Option<super::conv2d_winograd::Kernel> {
-    ((g.kh, g.kw) == (3, 3) && tiles(g).fit())
-        .then(super::conv2d_winograd::Kernel::chosen)
+    ((g.kh, g.kw) == (3, 3))
+        .then(|| super::conv2d_winograd::Kernel::chosen(&tiles(g)))
         .flatten()
 }
 
@@ -368,7 +372,7 @@ fn tiles(g: &Geometry) -> super::conv2d_winograd::Tiles {
 }
 
 /// One image's output `o[c_out × h_out × w_out]` (plus bias) from its padded planes `p`, by
-/// Winograd F(2×2, 3×3) in blocks of tile rows, with the weights `packed` for `kernel`.
+/// Winograd in blocks of tile rows, with the weights `packed` for `kernel`.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 fn winograd(
     g: &Geometry,
@@ -382,14 +386,13 @@ fn winograd(
     use super::conv2d_winograd::Out;
     let s = tiles(g);
     let plane = s.h_out * s.w_out;
-    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
+    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row + 2);
     assert!(p.len() >= s.c_in * s.plane && o.len() == s.c_out * plane);
-    let mr = kernel.mr();
-    assert!(packed.len() == 16 * s.c_out.div_ceil(mr) * s.c_in * mr);
+    assert!(packed.len() == kernel.packed_len(s.c_out, s.c_in));
     assert!(bias.is_none_or(|b| b.len() >= s.c_out));
     let out = Shared(o.as_mut_ptr().cast::<f32>());
-    let rows = s.rows_per_block();
-    for_each_part((s.h_out / 2).div_ceil(rows), par, |i| {
+    let rows = kernel.rows_per_block(&s);
+    for_each_part(kernel.tile_rows(&s).div_ceil(rows), par, |i| {
         let mut scratch: Vec<f32> = Vec::with_capacity(kernel.scratch(&s));
         let out = Out {
             ptr: out.get(),
@@ -412,31 +415,43 @@ fn winograd(
     });
 }
 
-/// One image's 3×3 weight gradient in Winograd's transformed domain (`m[16][c_out × c_in]`,
-/// see `conv2d_winograd::weight_gradient`) from its padded planes `p` and output gradient
-/// `dy`, by the AVX2 kernels, block of tile rows after block.
+/// One image's 3×3 weight gradient in Winograd's transformed domain (`m[elements][c_out ×
+/// c_in]`, see the kernels' `weight_gradient`) from its padded planes `p` and output gradient
+/// `dy`, by the AVX2 kernels (F(3×3, 4×4) when `large`, else F(3×3, 2×2)), block of tile rows
+/// after block.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn winograd_weight(g: &Geometry, p: &[f32], dy: &[f32], m: Slot<'_>, par: gemm::Parallelism) {
+fn winograd_weight(
+    g: &Geometry,
+    large: bool,
+    p: &[f32],
+    dy: &[f32],
+    m: Slot<'_>,
+    par: gemm::Parallelism,
+) {
+    use super::{conv2d_winograd_avx2 as small, conv2d_winograd4_avx2 as big};
     let s = tiles(g);
-    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row);
+    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row + 2);
     assert!(p.len() >= s.c_in * s.plane && dy.len() == s.c_out * s.h_out * s.w_out);
-    assert!(m.len() == 16 * s.c_out * s.c_in);
-    let mut scratch: Vec<f32> = Vec::with_capacity(super::conv2d_winograd_avx2::weight_scratch(&s));
-    let rows = s.weight_rows_per_block();
-    for (i, first) in (0..s.h_out / 2).step_by(rows).enumerate() {
-        // SAFETY: sizes asserted above; `winograd_kernel` chose AVX2, so this CPU has it; every
-        // value of `scratch` is written before it is read; the first block overwrites `m`.
+    let (elements, scratch, rows, tile_rows) = if large {
+        let rows = big::weight_rows_per_block(&s);
+        (big::ELEMENTS, big::weight_scratch(&s), rows, s.h_out / 4)
+    } else {
+        let rows = s.weight_rows_per_block();
+        (16, small::weight_scratch(&s), rows, s.h_out / 2)
+    };
+    assert!(m.len() == elements * s.c_out * s.c_in);
+    let mut scratch: Vec<f32> = Vec::with_capacity(scratch);
+    let (m, scratch) = (m.as_mut_ptr().cast::<f32>(), scratch.as_mut_ptr());
+    for (i, first) in (0..tile_rows).step_by(rows).enumerate() {
+        // SAFETY: sizes asserted above; `winograd_kernel` chose these AVX2 kernels for these
+        // sizes, so this CPU has them and they fit; every value of `scratch` is written before
+        // it is read; the first block overwrites `m`.
         unsafe {
-            super::conv2d_winograd_avx2::weight_block(
-                s,
-                p.as_ptr(),
-                dy.as_ptr(),
-                first,
-                scratch.as_mut_ptr(),
-                m.as_mut_ptr().cast::<f32>(),
-                i > 0,
-                par,
-            )
+            if large {
+                big::weight_block(s, p.as_ptr(), dy.as_ptr(), first, scratch, m, i > 0, par)
+            } else {
+                small::weight_block(s, p.as_ptr(), dy.as_ptr(), first, scratch, m, i > 0, par)
+            }
         };
     }
 }
@@ -465,7 +480,7 @@ pub fn forward(
     let (h_out, w_out) = (g.h_out(), g.w_out());
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     let transformed = winograd_kernel(&g).map(|kernel| {
-        let packed = super::conv2d_winograd::pack_weights(kernel.mr(), g.c_out, g.c_in, |o, c| {
+        let packed = kernel.pack_weights(g.c_out, g.c_in, |o, c| {
             core::array::from_fn(|tap| ws[(o * g.c_in + c) * 9 + tap])
         });
         (kernel, packed)
@@ -525,10 +540,9 @@ pub fn x_backward(g: Geometry, weight: FlexTensor, output_grad: FlexTensor) -> F
     // dX = conv(dY padded by k - 1 - p, W with in/out swapped and taps reversed).
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if let Some((t, kernel)) = g.transposed().and_then(|t| Some((t, winograd_kernel(&t)?))) {
-        let packed =
-            super::conv2d_winograd::pack_weights(kernel.mr(), t.c_out, t.c_in, |ci, co| {
-                core::array::from_fn(|tap| ws[(co * g.c_in + ci) * 9 + 8 - tap])
-            });
+        let packed = kernel.pack_weights(t.c_out, t.c_in, |ci, co| {
+            core::array::from_fn(|tap| ws[(co * g.c_in + ci) * 9 + 8 - tap])
+        });
         let fill = |b: usize, o: Slot<'_>, par: gemm::Parallelism| {
             let p = pad_planes(&t, &dys[b * g.y_len()..][..g.y_len()], t.c_in);
             winograd(&t, kernel, &p, &packed, o, None, par);
@@ -615,21 +629,24 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
         return sum_images(&g, &weight_grads_avx512(&g, xs, dys));
     }
     // Winograd only where the alternative is the GEMM path below (not measured against the
-    // AVX-512 kernels above).
+    // AVX-512 kernels above): F(3×3, 4×4) where the forward pass takes 4×4 tiles.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if winograd_kernel(&g) == Some(super::conv2d_winograd::Kernel::Avx2) {
-        let m_len = 16 * g.c_out * g.c_in;
+    if let Some(kernel @ (Kernel::Avx2 | Kernel::Avx2Large)) = winograd_kernel(&g) {
+        let large = kernel == Kernel::Avx2Large;
+        let m_len = kernel.elements() * g.c_out * g.c_in;
         let fill = |b: usize, m: Slot<'_>, par: gemm::Parallelism| {
             let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-            winograd_weight(&g, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
+            winograd_weight(&g, large, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
         };
         // SAFETY: the first block of tile rows writes every value of the image's slot.
         let per = unsafe { per_image(g.batch, m_len, fill) };
         let m = sum_in_batch_order(&per, m_len);
-        return tensor(
-            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in),
-            vec![g.c_out, g.c_in, 3, 3],
-        );
+        let dw = if large {
+            super::conv2d_winograd4_avx2::weight_gradient(&m, g.c_out, g.c_in)
+        } else {
+            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in)
+        };
+        return tensor(dw, vec![g.c_out, g.c_in, 3, 3]);
     }
     let fill = |b: usize, dw: Slot<'_>, par: gemm::Parallelism| {
         let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);

@@ -37,11 +37,13 @@ const NR: usize = NV * 16;
 pub const CHUNK: usize = NR * 8;
 
 /// Whether this CPU runs these kernels and `BURN_FLEX_CONV_KERNEL` does not ask for the
-/// portable GEMM path (`gemm`) or for what a CPU with only AVX2 runs (`avx2`) instead (read on
-/// every call, so a test or bench can compare them).
+/// portable GEMM path (`gemm`) or for what a CPU with only AVX2 runs (`avx2`, `avx2-f2`)
+/// instead (read on every call, so a test or bench can compare them).
 pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f")
-        && std::env::var_os("BURN_FLEX_CONV_KERNEL").is_none_or(|v| v != "gemm" && v != "avx2")
+        && std::env::var("BURN_FLEX_CONV_KERNEL")
+            .ok()
+            .is_none_or(|v| v != "gemm" && !v.starts_with("avx2"))
 }
 
 /// The first `len` of 16 lanes.

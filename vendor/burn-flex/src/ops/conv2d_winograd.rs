@@ -10,7 +10,8 @@
 //! whole tile rows, so a block's `V` and `M` stay in L2 between the input transform, the 16
 //! GEMMs and the output transform. Vectors run along the tiles of a row: the input's even and
 //! odd columns are split by permutes, and the outputs interleaved back the same way. The
-//! weights are transformed once per call.
+//! weights are transformed once per call. With AVX2, convolutions whose rows hold whole vectors
+//! of 4×4 tiles take F(4×4, 3×3) (`conv2d_winograd4_avx2`) the same way.
 //!
 //! Every output is summed in an order that depends only on the shapes (so not on threads). Its
 //! rounding differs from the direct sum's by a few units in the last place of the larger terms.
@@ -18,35 +19,75 @@
 /// Tile elements (4 × 4).
 pub const ELEMENTS: usize = 16;
 
-/// The Winograd kernels of one instruction set.
+/// The Winograd kernels of one instruction set (and tile size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Avx512,
     /// AVX2 and FMA: CPUs without AVX-512 (AMD before Zen 4, most Intel desktop parts).
     Avx2,
+    /// AVX2 and FMA with F(4×4, 3×3) (`conv2d_winograd4_avx2`), where its tiles fit.
+    Avx2Large,
 }
 
 impl Kernel {
-    /// The kernel this CPU runs, unless `BURN_FLEX_CONV_KERNEL` asks for none (`gemm`: the
-    /// portable GEMM path; `direct`: the AVX-512 direct kernel) or for the AVX2 one (`avx2`,
-    /// so that CPUs with AVX-512 test and measure it too). Read on every call, so a test or
-    /// bench can compare them.
-    pub fn chosen() -> Option<Kernel> {
+    /// The kernel this CPU runs for a convolution of these sizes, if Winograd takes it (see
+    /// [`Tiles::fit`]), unless `BURN_FLEX_CONV_KERNEL` asks for none (`gemm`: the portable GEMM
+    /// path; `direct`: the AVX-512 direct kernel) or for the AVX2 ones (`avx2`, so that CPUs
+    /// with AVX-512 test and measure them too; `avx2-f2`: AVX2 with F(2×2, 3×3) only). Read on
+    /// every call, so a test or bench can compare them.
+    pub fn chosen(s: &Tiles) -> Option<Kernel> {
+        if !s.fit() {
+            return None;
+        }
         let asked = std::env::var("BURN_FLEX_CONV_KERNEL").unwrap_or_default();
         let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx2 = |large: bool| {
+            avx2.then(|| {
+                if large && super::conv2d_winograd4_avx2::fit(s) {
+                    Kernel::Avx2Large
+                } else {
+                    Kernel::Avx2
+                }
+            })
+        };
         match asked.as_str() {
             "gemm" | "direct" => None,
-            "avx2" => avx2.then_some(Kernel::Avx2),
+            "avx2" => avx2(true),
+            "avx2-f2" => avx2(false),
             _ if std::is_x86_feature_detected!("avx512f") => Some(Kernel::Avx512),
-            _ => avx2.then_some(Kernel::Avx2),
+            _ => avx2(true),
         }
     }
 
-    /// Output channels per block of the element GEMMs, which [`pack_weights`] pads to.
-    pub fn mr(self) -> usize {
+    /// Output channels per block of the element GEMMs, which [`Kernel::pack_weights`] pads to.
+    fn mr(self) -> usize {
         match self {
             Kernel::Avx512 => super::conv2d_stride1_avx512::MR,
-            Kernel::Avx2 => super::conv2d_winograd_avx2::MR,
+            Kernel::Avx2 | Kernel::Avx2Large => super::conv2d_winograd_avx2::MR,
+        }
+    }
+
+    /// Tile elements.
+    pub fn elements(self) -> usize {
+        match self {
+            Kernel::Avx512 | Kernel::Avx2 => ELEMENTS,
+            Kernel::Avx2Large => super::conv2d_winograd4_avx2::ELEMENTS,
+        }
+    }
+
+    /// Tile rows of the output.
+    pub fn tile_rows(self, s: &Tiles) -> usize {
+        match self {
+            Kernel::Avx512 | Kernel::Avx2 => s.h_out / 2,
+            Kernel::Avx2Large => s.h_out / 4,
+        }
+    }
+
+    /// Tile rows per call of [`Kernel::block`].
+    pub fn rows_per_block(self, s: &Tiles) -> usize {
+        match self {
+            Kernel::Avx512 | Kernel::Avx2 => s.rows_per_block(),
+            Kernel::Avx2Large => super::conv2d_winograd4_avx2::rows_per_block(s),
         }
     }
 
@@ -55,18 +96,47 @@ impl Kernel {
         match self {
             Kernel::Avx512 => super::conv2d_winograd_avx512::scratch(s),
             Kernel::Avx2 => super::conv2d_winograd_avx2::scratch(s),
+            Kernel::Avx2Large => super::conv2d_winograd4_avx2::scratch(s),
         }
     }
 
-    /// Output rows `2·first ..` (tile rows `first .. first + rows_per_block`) of the
+    /// The transformed weights of a convolution with `c_out × c_in` 3×3 kernels, `kernel(o, c)`
+    /// giving one (row-major), as this kernel's [`Kernel::block`] reads them: see
+    /// [`pack_weights`]. Their length is `elements · ⌈c_out / mr⌉ · c_in · mr`.
+    pub fn pack_weights(
+        self,
+        c_out: usize,
+        c_in: usize,
+        kernel: impl Fn(usize, usize) -> [f32; 9] + Send + Sync,
+    ) -> Vec<f32> {
+        match self {
+            Kernel::Avx512 | Kernel::Avx2 => {
+                pack_weights(self.mr(), c_out, c_in, kernel, transform_kernel)
+            }
+            Kernel::Avx2Large => pack_weights(
+                self.mr(),
+                c_out,
+                c_in,
+                kernel,
+                super::conv2d_winograd4_avx2::transform_kernel,
+            ),
+        }
+    }
+
+    /// Its packed weights' length for these channel counts.
+    pub fn packed_len(self, c_out: usize, c_in: usize) -> usize {
+        self.elements() * c_out.div_ceil(self.mr()) * c_in * self.mr()
+    }
+
+    /// Output rows from tile row `first` (a block of [`Kernel::rows_per_block`]) of the
     /// convolution of the padded planes `p` by `packed`.
     ///
     /// # Safety
-    /// `p` holds `c_in` planes of `plane` values with `(h_out + 2)` rows of `row ≥ w_out + 2`;
-    /// `packed` comes from [`pack_weights`] with this kernel's [`Kernel::mr`] for these channel
-    /// counts; `scratch` holds [`Kernel::scratch`] values; `out` holds `c_out` planes of
-    /// `h_out·w_out` values, `bias` (if any) `c_out` values, and no other thread writes these
-    /// rows; this CPU has the kernel's instructions (as [`Kernel::chosen`] checks).
+    /// `p` holds `c_in` planes of `plane ≥ (h_out + 2)·row + 2` values with rows of
+    /// `row ≥ w_out + 2`; `packed` comes from [`Kernel::pack_weights`] of this kernel for these
+    /// channel counts; `scratch` holds [`Kernel::scratch`] values; `out` holds `c_out` planes
+    /// of `h_out·w_out` values, `bias` (if any) `c_out` values, and no other thread writes these
+    /// rows; the kernel is one [`Kernel::chosen`] gave for these sizes.
     pub unsafe fn block(
         self,
         s: Tiles,
@@ -83,6 +153,9 @@ impl Kernel {
                 }
                 Kernel::Avx2 => {
                     super::conv2d_winograd_avx2::block(s, p, packed, out, first, scratch)
+                }
+                Kernel::Avx2Large => {
+                    super::conv2d_winograd4_avx2::block(s, p, packed, out, first, scratch)
                 }
             }
         }
@@ -108,30 +181,31 @@ fn transform_kernel(g: [f32; 9]) -> [f32; ELEMENTS] {
 }
 
 /// The transformed weights of a convolution with `c_out × c_in` 3×3 kernels, `kernel(o, c)`
-/// giving one (row-major): per tile element, `[c_out / mr][c_in][mr]`, zero-padded to whole
-/// blocks of `mr` output channels. Each kernel is transformed once, blocks of output channels
+/// giving one (row-major) and `transform` turning one into its `E` tile elements: per tile
+/// element, `[c_out / mr][c_in][mr]`, zero-padded to whole blocks of `mr` output channels. Each kernel is transformed once, blocks of output channels
 /// in parallel (transformed once per element, the 128-channel layers' weights took longer
 /// than their convolution).
-pub fn pack_weights(
+fn pack_weights<const E: usize>(
     mr: usize,
     c_out: usize,
     c_in: usize,
     kernel: impl Fn(usize, usize) -> [f32; 9] + Send + Sync,
+    transform: fn([f32; 9]) -> [f32; E],
 ) -> Vec<f32> {
     let per = c_out.div_ceil(mr) * c_in * mr;
     // [block][element][c][mr], moved to [element][block][c][mr] below.
-    let mut blocks = vec![0.0f32; ELEMENTS * per];
+    let mut blocks = vec![0.0f32; E * per];
     let fill = |b: usize, block: &mut [f32]| {
         for r in 0..mr.min(c_out - b * mr) {
             for c in 0..c_in {
-                let u = transform_kernel(kernel(b * mr + r, c));
+                let u = transform(kernel(b * mr + r, c));
                 for (e, &v) in u.iter().enumerate() {
                     block[(e * c_in + c) * mr + r] = v;
                 }
             }
         }
     };
-    let size = ELEMENTS * c_in * mr;
+    let size = E * c_in * mr;
     if size == 0 {
         return blocks;
     }
@@ -147,8 +221,8 @@ pub fn pack_weights(
     for (b, block) in blocks.chunks_mut(size).enumerate() {
         fill(b, block);
     }
-    let mut packed = Vec::with_capacity(ELEMENTS * per);
-    for e in 0..ELEMENTS {
+    let mut packed = Vec::with_capacity(E * per);
+    for e in 0..E {
         for block in blocks.chunks_exact(size) {
             packed.extend_from_slice(&block[e * c_in * mr..][..c_in * mr]);
         }

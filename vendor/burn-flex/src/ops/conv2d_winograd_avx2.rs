@@ -122,7 +122,7 @@ pub unsafe fn weight_block(
 /// registers (12 accumulators, 7 loads per 12 FMAs), each summed across its lanes at the end.
 /// (The `gemm` crate, packing both sides for each block's short sums, ran at half the speed.)
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weight_gemm(
+pub(super) unsafe fn weight_gemm(
     s: Tiles,
     tiles: usize,
     u: *const f32,
@@ -320,7 +320,13 @@ unsafe fn input_transform(
 /// `M[o][tile] = Σ_c U[o][c] · V[c][tile]` for one tile element: blocks of [`MR`] output
 /// channels × 2 vectors (one at the end), accumulated in registers through all input channels.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn element_gemm(s: Tiles, tiles: usize, v: *const f32, u: *const f32, m: *mut f32) {
+pub(super) unsafe fn element_gemm(
+    s: Tiles,
+    tiles: usize,
+    v: *const f32,
+    u: *const f32,
+    m: *mut f32,
+) {
     let vectors = tiles / LANES;
     for block in 0..s.c_out.div_ceil(MR) {
         let rows = MR.min(s.c_out - block * MR);

@@ -106,6 +106,8 @@ mod conv2d_stride1_avx512;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_winograd;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
+mod conv2d_winograd4_avx2;
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_winograd_avx2;
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 mod conv2d_winograd_avx512;
