@@ -15,7 +15,7 @@ use burn_flex::ops::conv2d_stride1 as conv;
 mod support;
 
 /// (input channels, output channels, image size) of every 3×3 convolution of the `cpu` U-Net.
-const SHAPES: [(usize, usize, usize); 14] = [
+const SHAPES: [(usize, usize, usize); 18] = [
     (1, 16, 128),
     (16, 16, 128),
     (16, 32, 64),
@@ -23,6 +23,10 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (32, 64, 32),
     (64, 64, 32),
     (64, 128, 16),
+    (128, 128, 16),
+    (128, 256, 8),
+    (256, 256, 8),
+    (256, 128, 16),
     (128, 128, 16),
     (128, 64, 32),
     (64, 64, 32),

@@ -227,6 +227,15 @@ pub fn stride_one() {
         w: 64,
         ..same(1, 48, 40, 0)
     });
+    // AVX2's rows of 4 tiles, two per vector (8 px wide): two images; then one image of 28
+    // tile rows in blocks of 10, 10 and 8 (the budget gives 11 rows, an odd number) for the
+    // forward pass and of 22 and 6 for the weight gradient.
+    check(&same(2, 16, 24, 8));
+    check(&Case {
+        h: 56,
+        w: 8,
+        ..same(1, 192, 180, 0)
+    });
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {

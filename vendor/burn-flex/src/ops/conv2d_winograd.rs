@@ -36,7 +36,7 @@ impl Kernel {
     /// with AVX-512 test and measure them too; `avx2-f2`: AVX2 with F(2×2, 3×3) only). Read on
     /// every call, so a test or bench can compare them.
     pub fn chosen(s: &Tiles) -> Option<Kernel> {
-        if !s.fit() {
+        if !s.fit() && !s.fit_two_rows() {
             return None;
         }
         let asked = std::env::var("BURN_FLEX_CONV_KERNEL").unwrap_or_default();
@@ -54,7 +54,7 @@ impl Kernel {
             "gemm" | "direct" => None,
             "avx2" => avx2(true),
             "avx2-f2" => avx2(false),
-            _ if std::is_x86_feature_detected!("avx512f") => Some(Kernel::Avx512),
+            _ if std::is_x86_feature_detected!("avx512f") => s.fit().then_some(Kernel::Avx512),
             _ => avx2(true),
         }
     }
@@ -295,10 +295,16 @@ impl Tiles {
     pub fn weight_rows_per_block(&self) -> usize {
         self.rows_within(32768)
     }
-    /// Tile rows of about `budget / (c_in + c_out)` tiles: at least one, at most all.
+    /// Tile rows of about `budget / (c_in + c_out)` tiles: at least one, at most all; pairs of
+    /// them for [`Tiles::fit_two_rows`].
     fn rows_within(&self, budget: usize) -> usize {
         let tiles = (budget / (self.c_in + self.c_out)).max(1);
-        (tiles / self.across()).clamp(1, self.h_out / 2)
+        let rows = (tiles / self.across()).clamp(1, self.h_out / 2);
+        if self.fit_two_rows() {
+            (rows & !1).max(2)
+        } else {
+            rows
+        }
     }
     /// Whether these kernels take the convolution: whole tiles, at least 8 per row, and 16 or
     /// more channels in and out — every 3×3 convolution of the `cpu` U-Net but its first
@@ -312,6 +318,13 @@ impl Tiles {
             && self.across() >= 8
             && self.c_in >= 16
             && self.c_out >= 16
+    }
+
+    /// Whether the AVX2 kernels take it with two rows of 4 tiles per vector: 8 px wide (the
+    /// `cpu` U-Net's bottleneck, 128 → 256 and 256 → 256 maps, which took as long as its
+    /// 128-px layers on `gemm`), an even number of tile rows, 16 or more channels.
+    pub fn fit_two_rows(&self) -> bool {
+        self.h_out % 4 == 0 && self.w_out == 8 && self.c_in >= 16 && self.c_out >= 16
     }
 }
 

@@ -9,6 +9,10 @@
 //! in the order 0, 1, 4, 5, 2, 3, 6, 7; the GEMMs do not care, and on the way out `unpcklps` /
 //! `unpckhps` of the even and odd outputs put that order back into 16 consecutive outputs — no
 //! permute across lanes either way.
+//!
+//! Rows of 4 tiles (8 px: the `cpu` U-Net's bottleneck) are not padded: a vector holds two
+//! tile rows, one per 128-bit lane, each lane loaded and stored on its own; the same shuffles
+//! then give each lane its row's tiles in order.
 
 use core::arch::x86_64::*;
 
@@ -20,9 +24,34 @@ pub const MR: usize = 6;
 /// Tiles per vector.
 const LANES: usize = 8;
 
-/// Tiles per row in `V` and `M`: whole vectors.
+/// Tiles per row in `V` and `M`: whole vectors, or half a vector in [`two_rows`] mode.
 fn across_padded(s: &Tiles) -> usize {
-    s.across().next_multiple_of(LANES)
+    if two_rows(s) {
+        LANES / 2
+    } else {
+        s.across().next_multiple_of(LANES)
+    }
+}
+
+/// Whether each vector holds two tile rows of 4 tiles (see the module's doc; `Tiles::fit`
+/// takes such rows only in whole pairs).
+fn two_rows(s: &Tiles) -> bool {
+    s.across() == LANES / 2
+}
+
+/// The block's vectors, as (tile row, first tile): along each tile row, or one per pair of
+/// tile rows in [`two_rows`] mode.
+fn vectors(s: &Tiles, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let (across, step) = (s.across(), if two_rows(s) { 2 } else { 1 });
+    (0..rows)
+        .step_by(step)
+        .flat_map(move |r| (0..across).step_by(LANES).map(move |x0| (r, x0)))
+}
+
+/// 4 values at `at` in the low lane, 4 at `at + next` in the high one.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_pair(at: *const f32, next: usize) -> __m256 {
+    unsafe { _mm256_loadu2_m128(at.add(next), at) }
 }
 
 /// Values of scratch one block needs ([`block`]'s `scratch`).
@@ -184,47 +213,46 @@ unsafe fn output_grad_transform(
 ) {
     let (across, padded) = (s.across(), across_padded(&s));
     for o in 0..s.c_out {
-        for r in 0..rows {
-            for x0 in (0..across).step_by(LANES) {
-                let n = LANES.min(across - x0);
-                let mut t = [[_mm256_setzero_ps(); 4]; 2];
-                for (k, t) in t.iter_mut().enumerate() {
-                    let src = unsafe {
-                        dy.add(o * s.h_out * s.w_out + (2 * (first + r) + k) * s.w_out + 2 * x0)
-                    };
-                    let [a, b] = if n == LANES {
-                        unsafe { [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))] }
-                    } else {
-                        unsafe {
-                            [
-                                _mm256_maskload_ps(src, first_lanes(2 * n)),
-                                _mm256_maskload_ps(
-                                    src.add(8),
-                                    first_lanes((2 * n).saturating_sub(8)),
-                                ),
-                            ]
-                        }
-                    };
-                    let even = _mm256_shuffle_ps::<0x88>(a, b);
-                    let odd = _mm256_shuffle_ps::<0xDD>(a, b);
-                    *t = [
-                        even,
-                        _mm256_add_ps(even, odd),
-                        _mm256_sub_ps(even, odd),
-                        odd,
-                    ];
-                }
-                let at = o * tiles + r * padded + x0;
-                for j in 0..4 {
-                    let col = [
-                        t[0][j],
-                        _mm256_add_ps(t[0][j], t[1][j]),
-                        _mm256_sub_ps(t[0][j], t[1][j]),
-                        t[1][j],
-                    ];
-                    for (i, value) in col.into_iter().enumerate() {
-                        unsafe { _mm256_storeu_ps(u.add((4 * i + j) * us + at), value) };
+        for (r, x0) in vectors(&s, rows) {
+            let n = LANES.min(across - x0);
+            let mut t = [[_mm256_setzero_ps(); 4]; 2];
+            for (k, t) in t.iter_mut().enumerate() {
+                let src = unsafe {
+                    dy.add(o * s.h_out * s.w_out + (2 * (first + r) + k) * s.w_out + 2 * x0)
+                };
+                let [a, b] = if n == LANES {
+                    unsafe { [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))] }
+                } else if two_rows(&s) {
+                    // The next tile row starts two rows of the output gradient further.
+                    let next = 2 * s.w_out;
+                    unsafe { [load_pair(src, next), load_pair(src.add(4), next)] }
+                } else {
+                    unsafe {
+                        [
+                            _mm256_maskload_ps(src, first_lanes(2 * n)),
+                            _mm256_maskload_ps(src.add(8), first_lanes((2 * n).saturating_sub(8))),
+                        ]
                     }
+                };
+                let even = _mm256_shuffle_ps::<0x88>(a, b);
+                let odd = _mm256_shuffle_ps::<0xDD>(a, b);
+                *t = [
+                    even,
+                    _mm256_add_ps(even, odd),
+                    _mm256_sub_ps(even, odd),
+                    odd,
+                ];
+            }
+            let at = o * tiles + r * padded + x0;
+            for j in 0..4 {
+                let col = [
+                    t[0][j],
+                    _mm256_add_ps(t[0][j], t[1][j]),
+                    _mm256_sub_ps(t[0][j], t[1][j]),
+                    t[1][j],
+                ];
+                for (i, value) in col.into_iter().enumerate() {
+                    unsafe { _mm256_storeu_ps(u.add((4 * i + j) * us + at), value) };
                 }
             }
         }
@@ -252,65 +280,72 @@ unsafe fn input_transform(
 ) {
     let (across, padded) = (s.across(), across_padded(&s));
     for c in 0..s.c_in {
-        for r in 0..rows {
-            for x0 in (0..across).step_by(LANES) {
-                let n = LANES.min(across - x0);
-                // Columns 2·x0 .. 2·x0 + 2n + 2 of the tile row's four input rows; each row as
-                // its columns 2t, 2t + 1, 2t + 2, 2t + 3 for the n tiles t.
-                let mut t = [[_mm256_setzero_ps(); 4]; 4];
-                for (i, t) in t.iter_mut().enumerate() {
-                    let src =
-                        unsafe { p.add(c * s.plane + (2 * (first + r) + i) * s.row + 2 * x0) };
-                    // A whole vector reads columns up to 2·x0 + 17 < w_out + 2 ≤ row.
-                    let [a, b, c2, d2] = if n == LANES {
-                        unsafe {
-                            [
-                                _mm256_loadu_ps(src),
-                                _mm256_loadu_ps(src.add(8)),
-                                _mm256_loadu_ps(src.add(2)),
-                                _mm256_loadu_ps(src.add(10)),
-                            ]
-                        }
-                    } else {
-                        let load = |at: *const f32, len: usize| unsafe {
-                            _mm256_maskload_ps(at, first_lanes(len))
-                        };
-                        unsafe {
-                            [
-                                load(src, 2 * n + 2),
-                                load(src.add(8), (2 * n + 2).saturating_sub(8)),
-                                load(src.add(2), 2 * n),
-                                load(src.add(10), (2 * n).saturating_sub(8)),
-                            ]
-                        }
-                    };
-                    let d = [
-                        _mm256_shuffle_ps::<0x88>(a, b),
-                        _mm256_shuffle_ps::<0xDD>(a, b),
-                        _mm256_shuffle_ps::<0x88>(c2, d2),
-                        _mm256_shuffle_ps::<0xDD>(c2, d2),
-                    ];
-                    // Bᵀ along the row.
-                    *t = [
-                        _mm256_sub_ps(d[0], d[2]),
-                        _mm256_add_ps(d[1], d[2]),
-                        _mm256_sub_ps(d[2], d[1]),
-                        _mm256_sub_ps(d[1], d[3]),
-                    ];
-                }
-                let at = c * tiles + r * padded + x0;
-                for j in 0..4 {
-                    // Bᵀ down the column.
-                    let col = [
-                        _mm256_sub_ps(t[0][j], t[2][j]),
-                        _mm256_add_ps(t[1][j], t[2][j]),
-                        _mm256_sub_ps(t[2][j], t[1][j]),
-                        _mm256_sub_ps(t[1][j], t[3][j]),
-                    ];
-                    for (i, value) in col.into_iter().enumerate() {
-                        let e = 4 * i + j;
-                        unsafe { _mm256_storeu_ps(v.add(e * vs + at), value) };
+        for (r, x0) in vectors(&s, rows) {
+            let n = LANES.min(across - x0);
+            // Columns 2·x0 .. 2·x0 + 2n + 2 of the tile row's four input rows; each row as
+            // its columns 2t, 2t + 1, 2t + 2, 2t + 3 for the n tiles t.
+            let mut t = [[_mm256_setzero_ps(); 4]; 4];
+            for (i, t) in t.iter_mut().enumerate() {
+                let src = unsafe { p.add(c * s.plane + (2 * (first + r) + i) * s.row + 2 * x0) };
+                // A whole vector reads columns up to 2·x0 + 17 < w_out + 2 ≤ row.
+                let [a, b, c2, d2] = if two_rows(&s) {
+                    let next = 2 * s.row;
+                    unsafe {
+                        [
+                            load_pair(src, next),
+                            load_pair(src.add(4), next),
+                            load_pair(src.add(2), next),
+                            load_pair(src.add(6), next),
+                        ]
                     }
+                } else if n == LANES {
+                    unsafe {
+                        [
+                            _mm256_loadu_ps(src),
+                            _mm256_loadu_ps(src.add(8)),
+                            _mm256_loadu_ps(src.add(2)),
+                            _mm256_loadu_ps(src.add(10)),
+                        ]
+                    }
+                } else {
+                    let load = |at: *const f32, len: usize| unsafe {
+                        _mm256_maskload_ps(at, first_lanes(len))
+                    };
+                    unsafe {
+                        [
+                            load(src, 2 * n + 2),
+                            load(src.add(8), (2 * n + 2).saturating_sub(8)),
+                            load(src.add(2), 2 * n),
+                            load(src.add(10), (2 * n).saturating_sub(8)),
+                        ]
+                    }
+                };
+                let d = [
+                    _mm256_shuffle_ps::<0x88>(a, b),
+                    _mm256_shuffle_ps::<0xDD>(a, b),
+                    _mm256_shuffle_ps::<0x88>(c2, d2),
+                    _mm256_shuffle_ps::<0xDD>(c2, d2),
+                ];
+                // Bᵀ along the row.
+                *t = [
+                    _mm256_sub_ps(d[0], d[2]),
+                    _mm256_add_ps(d[1], d[2]),
+                    _mm256_sub_ps(d[2], d[1]),
+                    _mm256_sub_ps(d[1], d[3]),
+                ];
+            }
+            let at = c * tiles + r * padded + x0;
+            for j in 0..4 {
+                // Bᵀ down the column.
+                let col = [
+                    _mm256_sub_ps(t[0][j], t[2][j]),
+                    _mm256_add_ps(t[1][j], t[2][j]),
+                    _mm256_sub_ps(t[2][j], t[1][j]),
+                    _mm256_sub_ps(t[1][j], t[3][j]),
+                ];
+                for (i, value) in col.into_iter().enumerate() {
+                    let e = 4 * i + j;
+                    unsafe { _mm256_storeu_ps(v.add(e * vs + at), value) };
                 }
             }
         }
@@ -389,54 +424,59 @@ unsafe fn output_transform(
     let (across, padded) = (s.across(), across_padded(&s));
     for o in 0..s.c_out {
         let bias = _mm256_set1_ps(out.bias.map_or(0.0, |b| b[o]));
-        for r in 0..rows {
-            for x0 in (0..across).step_by(LANES) {
-                let n = LANES.min(across - x0);
-                let at = o * tiles + r * padded + x0;
-                let load = |e: usize| unsafe { _mm256_loadu_ps(m.add(e * ms + at)) };
-                // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] along each element row, then down.
-                let mut t = [[_mm256_setzero_ps(); 2]; 4];
-                for (i, t) in t.iter_mut().enumerate() {
-                    let e = [
-                        load(4 * i),
-                        load(4 * i + 1),
-                        load(4 * i + 2),
-                        load(4 * i + 3),
-                    ];
-                    *t = [
-                        _mm256_add_ps(_mm256_add_ps(e[0], e[1]), e[2]),
-                        _mm256_sub_ps(_mm256_sub_ps(e[1], e[2]), e[3]),
-                    ];
-                }
-                for y in 0..2 {
-                    let cols: [__m256; 2] = core::array::from_fn(|j| {
-                        let v = if y == 0 {
-                            _mm256_add_ps(_mm256_add_ps(t[0][j], t[1][j]), t[2][j])
-                        } else {
-                            _mm256_sub_ps(_mm256_sub_ps(t[1][j], t[2][j]), t[3][j])
-                        };
-                        _mm256_add_ps(v, bias)
-                    });
-                    let dst = unsafe {
-                        out.ptr
-                            .add(o * out.plane + (2 * (first + r) + y) * s.w_out + 2 * x0)
-                    };
-                    // Tiles in the order 0, 1, 4, 5 | 2, 3, 6, 7: the low halves of each lane
-                    // are outputs 0–7, the high halves 8–15.
-                    let low = _mm256_unpacklo_ps(cols[0], cols[1]);
-                    let high = _mm256_unpackhi_ps(cols[0], cols[1]);
-                    if n == LANES {
-                        unsafe {
-                            _mm256_storeu_ps(dst, low);
-                            _mm256_storeu_ps(dst.add(8), high);
-                        }
+        for (r, x0) in vectors(&s, rows) {
+            let n = LANES.min(across - x0);
+            let at = o * tiles + r * padded + x0;
+            let load = |e: usize| unsafe { _mm256_loadu_ps(m.add(e * ms + at)) };
+            // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] along each element row, then down.
+            let mut t = [[_mm256_setzero_ps(); 2]; 4];
+            for (i, t) in t.iter_mut().enumerate() {
+                let e = [
+                    load(4 * i),
+                    load(4 * i + 1),
+                    load(4 * i + 2),
+                    load(4 * i + 3),
+                ];
+                *t = [
+                    _mm256_add_ps(_mm256_add_ps(e[0], e[1]), e[2]),
+                    _mm256_sub_ps(_mm256_sub_ps(e[1], e[2]), e[3]),
+                ];
+            }
+            for y in 0..2 {
+                let cols: [__m256; 2] = core::array::from_fn(|j| {
+                    let v = if y == 0 {
+                        _mm256_add_ps(_mm256_add_ps(t[0][j], t[1][j]), t[2][j])
                     } else {
-                        let mut row = [0.0f32; 2 * LANES];
-                        unsafe {
-                            _mm256_storeu_ps(row.as_mut_ptr(), low);
-                            _mm256_storeu_ps(row.as_mut_ptr().add(8), high);
-                            core::ptr::copy_nonoverlapping(row.as_ptr(), dst, 2 * n);
-                        }
+                        _mm256_sub_ps(_mm256_sub_ps(t[1][j], t[2][j]), t[3][j])
+                    };
+                    _mm256_add_ps(v, bias)
+                });
+                let dst = unsafe {
+                    out.ptr
+                        .add(o * out.plane + (2 * (first + r) + y) * s.w_out + 2 * x0)
+                };
+                // Tiles in the order 0, 1, 4, 5 | 2, 3, 6, 7: the low halves of each lane
+                // are outputs 0–7, the high halves 8–15.
+                let low = _mm256_unpacklo_ps(cols[0], cols[1]);
+                let high = _mm256_unpackhi_ps(cols[0], cols[1]);
+                if two_rows(&s) {
+                    // Each lane's row: outputs 0–3 in `low`, 4–7 in `high`.
+                    let next = 2 * s.w_out;
+                    unsafe {
+                        _mm256_storeu2_m128(dst.add(next), dst, low);
+                        _mm256_storeu2_m128(dst.add(next + 4), dst.add(4), high);
+                    }
+                } else if n == LANES {
+                    unsafe {
+                        _mm256_storeu_ps(dst, low);
+                        _mm256_storeu_ps(dst.add(8), high);
+                    }
+                } else {
+                    let mut row = [0.0f32; 2 * LANES];
+                    unsafe {
+                        _mm256_storeu_ps(row.as_mut_ptr(), low);
+                        _mm256_storeu_ps(row.as_mut_ptr().add(8), high);
+                        core::ptr::copy_nonoverlapping(row.as_ptr(), dst, 2 * n);
                     }
                 }
             }
