@@ -2,8 +2,8 @@
 //! input gradient and weight gradient, in ms and GFLOP/s (counted as direct sums), on the kernels
 //! this CPU picks, without Winograd (`BURN_FLEX_CONV_KERNEL=direct`: the AVX-512 direct kernels
 //! where the CPU has them), on what a CPU with AVX2 but not AVX-512 picks
-//! (`BURN_FLEX_CONV_KERNEL=avx2`) and on the portable GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`),
-//! shape by shape.
+//! (`BURN_FLEX_CONV_KERNEL=avx2`), on that without F(4×4, 3×3) (`avx2-f2`) and on the portable
+//! GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), shape by shape.
 //!
 //! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
 
