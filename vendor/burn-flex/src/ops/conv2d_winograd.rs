@@ -31,7 +31,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// The kernel this CPU runs for a convolution of these sizes, if Winograd takes it (see
-    /// [`Tiles::fit`]), unless `BURN_FLEX_CONV_KERNEL` asks for none (`gemm`: the portable GEMM
+    /// [`Tiles::fit`], [`Tiles::fit_two_rows`]), unless `BURN_FLEX_CONV_KERNEL` asks for none (`gemm`: the portable GEMM
     /// path; `direct`: the AVX-512 direct kernel) or for the AVX2 ones (`avx2`, so that CPUs
     /// with AVX-512 test and measure them too; `avx2-f2`: AVX2 with F(2×2, 3×3) only). Read on
     /// every call, so a test or bench can compare them.
@@ -182,9 +182,9 @@ fn transform_kernel(g: [f32; 9]) -> [f32; ELEMENTS] {
 
 /// The transformed weights of a convolution with `c_out × c_in` 3×3 kernels, `kernel(o, c)`
 /// giving one (row-major) and `transform` turning one into its `E` tile elements: per tile
-/// element, `[c_out / mr][c_in][mr]`, zero-padded to whole blocks of `mr` output channels. Each kernel is transformed once, blocks of output channels
-/// in parallel (transformed once per element, the 128-channel layers' weights took longer
-/// than their convolution).
+/// element, `[c_out / mr][c_in][mr]`, zero-padded to whole blocks of `mr` output channels.
+/// Each kernel is transformed once, blocks of output channels in parallel (transformed once
+/// per element, the 128-channel layers' weights took longer than their convolution).
 fn pack_weights<const E: usize>(
     mr: usize,
     c_out: usize,
