@@ -642,9 +642,11 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
         let per = unsafe { per_image(g.batch, m_len, fill) };
         let m = sum_in_batch_order(&per, m_len);
         let dw = if large {
-            super::conv2d_winograd4_avx2::weight_gradient(&m, g.c_out, g.c_in)
+            use super::conv2d_winograd4_avx2::{WEIGHT_AT, WEIGHT_SCALE};
+            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in, WEIGHT_SCALE, WEIGHT_AT)
         } else {
-            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in)
+            use super::conv2d_winograd::{WEIGHT_AT, WEIGHT_SCALE};
+            super::conv2d_winograd::weight_gradient(&m, g.c_out, g.c_in, WEIGHT_SCALE, WEIGHT_AT)
         };
         return tensor(dw, vec![g.c_out, g.c_in, 3, 3]);
     }

@@ -230,35 +230,39 @@ fn pack_weights<const E: usize>(
     packed
 }
 
+/// F(3×3, 2×2)'s [`weight_gradient`] constants: its `Bᵀ` is the forward pass's with its last
+/// row negated and its `G` has halves in its middle rows, left out of `U`: so element `(i, j)`
+/// is scaled by `f_i · f_j`, `f = [1, ½, ½, -1]` (exact: powers of two), then `Aᵀ M A` with
+/// this `Aᵀ`.
+pub const WEIGHT_SCALE: [f32; 4] = [1.0, 0.5, 0.5, -1.0];
+pub const WEIGHT_AT: [[f32; 4]; 3] = [
+    [1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, 1.0],
+];
+
 /// The 3×3 weight gradient `[c_out][c_in][3][3]` from its transformed domain `m[e][c_out ×
-/// c_in]` (summed over tiles and images) as the kernels' `weight_block` leaves it.
-///
-/// That is F(3×3, 2×2), whose `Bᵀ` is the forward pass's with its last row negated and whose
-/// `G` has halves in its middle rows, left out of `U`: so element `(i, j)` is scaled by
-/// `f_i · f_j`, `f = [1, ½, ½, -1]` (exact: powers of two), then `Aᵀ M A` with
-/// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]]`.
-pub fn weight_gradient(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    const F: [f32; 4] = [1.0, 0.5, 0.5, -1.0];
-    const AT: [[f32; 4]; 3] = [
-        [1.0, 1.0, 1.0, 0.0],
-        [0.0, 1.0, -1.0, 0.0],
-        [0.0, 1.0, 1.0, 1.0],
-    ];
+/// c_in]` (`N × N` elements, summed over tiles and images) as the kernels' `weight_block`
+/// leaves it: element `(i, j)` scaled by `f[i] · f[j]`, then `Aᵀ M A` with `at` (3 × `N`).
+pub fn weight_gradient<const N: usize>(
+    m: &[f32],
+    c_out: usize,
+    c_in: usize,
+    f: [f32; N],
+    at: [[f32; N]; 3],
+) -> Vec<f32> {
     let per = c_out * c_in;
-    assert_eq!(m.len(), ELEMENTS * per);
+    assert_eq!(m.len(), N * N * per);
     let mut dw = vec![0.0f32; per * 9];
     for (pair, dw) in dw.chunks_exact_mut(9).enumerate() {
-        let mut e = [[0.0f32; 4]; 4];
-        for (i, row) in e.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = F[i] * F[j] * m[(4 * i + j) * per + pair];
-            }
-        }
+        let e: [[f32; N]; N] = core::array::from_fn(|i| {
+            core::array::from_fn(|j| f[i] * f[j] * m[(N * i + j) * per + pair])
+        });
         for ky in 0..3 {
             // Aᵀ down the columns, then along the row.
-            let row: [f32; 4] = core::array::from_fn(|j| (0..4).map(|i| AT[ky][i] * e[i][j]).sum());
+            let row: [f32; N] = core::array::from_fn(|j| (0..N).map(|i| at[ky][i] * e[i][j]).sum());
             for kx in 0..3 {
-                dw[3 * ky + kx] = (0..4).map(|j| AT[kx][j] * row[j]).sum();
+                dw[3 * ky + kx] = (0..N).map(|j| at[kx][j] * row[j]).sum();
             }
         }
     }

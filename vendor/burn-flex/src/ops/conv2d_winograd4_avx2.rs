@@ -16,11 +16,9 @@
 //! The 3×3 weight gradient of the same convolutions is F(3×3, 4×4) the same way: a kernel tap
 //! summed over a 4×4 tile of the output gradient is a correlation of the tile's 6×6 input
 //! patch with it, so the input goes through the forward pass's transform, the output
-//! gradient's tiles through `G'` (see [`weight_gradient`]), and per element the products are
+//! gradient's tiles through `G'` (see [`WEIGHT_SCALE`]), and per element the products are
 //! summed over tiles by `conv2d_winograd_avx2`'s dot-product kernel.
 
-use alloc::vec;
-use alloc::vec::Vec;
 use core::arch::x86_64::*;
 
 use super::conv2d_winograd::{Out, Tiles, stride};
@@ -132,7 +130,8 @@ pub unsafe fn block(
 /// One image's weight gradient in the transformed domain, for tile rows `first ..` (a block of
 /// [`weight_rows_per_block`]): `m[e][c_out × c_in] (+)= U_e · V_eᵀ` over the block's tiles,
 /// `U = G' dy G'ᵀ` of each tile's 4×4 output gradient and `V` the forward pass's input
-/// transform ([`weight_gradient`] finishes it). Overwrites `m` when `accumulate` is false. The
+/// transform (`conv2d_winograd::weight_gradient` with [`WEIGHT_SCALE`] and [`WEIGHT_AT`]
+/// finishes it). Overwrites `m` when `accumulate` is false. The
 /// 36 elements in parallel when `par` says the caller is not already.
 ///
 /// # Safety
@@ -175,43 +174,19 @@ pub unsafe fn weight_block(
     });
 }
 
-/// The 3×3 weight gradient `[c_out][c_in][3][3]` from its transformed domain `m[e][c_out ×
-/// c_in]` (summed over tiles and images) as [`weight_block`] leaves it.
-///
-/// That is F(3×3, 4×4) on the forward pass's six points: its `Bᵀ` is the forward pass's, its
-/// `G` is `G' = [[1, 0, 0, 0], [1, 1, 1, 1], [1, -1, 1, -1], [1, 2, 4, 8], [1, -2, 4, -8],
-/// [0, 0, 0, 1]]` with row `i` scaled by `f_i`, `f = [¼, -⅙, -⅙, 1/24, 1/24, 1]` (left out of
-/// `U`, so element `(i, j)` is scaled by `f_i · f_j` here), and
-/// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 1]]`.
-pub fn weight_gradient(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    const F: [f32; 6] = [0.25, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 24.0, 1.0 / 24.0, 1.0];
-    const AT: [[f32; 6]; 3] = [
-        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-        [0.0, 1.0, 1.0, 4.0, 4.0, 1.0],
-    ];
-    let per = c_out * c_in;
-    assert_eq!(m.len(), ELEMENTS * per);
-    let mut dw = vec![0.0f32; per * 9];
-    for (pair, dw) in dw.chunks_exact_mut(9).enumerate() {
-        let mut e = [[0.0f32; 6]; 6];
-        for (i, row) in e.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = F[i] * F[j] * m[(6 * i + j) * per + pair];
-            }
-        }
-        for ky in 0..3 {
-            // Aᵀ down the columns, then along the row.
-            let row: [f32; 6] = core::array::from_fn(|j| (0..6).map(|i| AT[ky][i] * e[i][j]).sum());
-            for kx in 0..3 {
-                dw[3 * ky + kx] = (0..6).map(|j| AT[kx][j] * row[j]).sum();
-            }
-        }
-    }
-    dw
-}
+/// F(3×3, 4×4)'s `conv2d_winograd::weight_gradient` constants, for `m` as [`weight_block`]
+/// leaves it. That is F(3×3, 4×4) on the forward pass's six points: its `Bᵀ` is the forward
+/// pass's, its `G` is `G' = [[1, 0, 0, 0], [1, 1, 1, 1], [1, -1, 1, -1], [1, 2, 4, 8],
+/// [1, -2, 4, -8], [0, 0, 0, 1]]` with row `i` scaled by `f_i` (left out of `U`, so element
+/// `(i, j)` is scaled by `f_i · f_j` at the end), and `Aᵀ` is this one.
+pub const WEIGHT_SCALE: [f32; 6] = [0.25, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 24.0, 1.0 / 24.0, 1.0];
+pub const WEIGHT_AT: [[f32; 6]; 3] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 1.0],
+];
 
-/// `G' dy` of four values (see [`weight_gradient`]).
+/// `G' dy` of four values (see [`WEIGHT_SCALE`]).
 #[target_feature(enable = "avx2,fma")]
 fn times_g(c: [__m256; 4]) -> [__m256; 6] {
     let (two, four, eight) = (
