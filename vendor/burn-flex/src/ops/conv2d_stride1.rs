@@ -417,12 +417,12 @@ fn winograd(
 
 /// One image's 3×3 weight gradient in Winograd's transformed domain (`m[elements][c_out ×
 /// c_in]`, see the kernels' `weight_gradient`) from its padded planes `p` and output gradient
-/// `dy`, by the AVX2 kernels (F(3×3, 4×4) when `large`, else F(3×3, 2×2)), block of tile rows
-/// after block.
+/// `dy`, by the AVX2 kernels (F(3×3, 4×4) for `Kernel::Avx2Large`, else F(3×3, 2×2)), block
+/// of tile rows after block.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 fn winograd_weight(
     g: &Geometry,
-    large: bool,
+    kernel: Kernel,
     p: &[f32],
     dy: &[f32],
     m: Slot<'_>,
@@ -432,17 +432,16 @@ fn winograd_weight(
     let s = tiles(g);
     assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row + 2);
     assert!(p.len() >= s.c_in * s.plane && dy.len() == s.c_out * s.h_out * s.w_out);
-    let (elements, scratch, rows, tile_rows) = if large {
-        let rows = big::weight_rows_per_block(&s);
-        (big::ELEMENTS, big::weight_scratch(&s), rows, s.h_out / 4)
+    let large = kernel == Kernel::Avx2Large;
+    let (scratch, rows) = if large {
+        (big::weight_scratch(&s), big::weight_rows_per_block(&s))
     } else {
-        let rows = s.weight_rows_per_block();
-        (16, small::weight_scratch(&s), rows, s.h_out / 2)
+        (small::weight_scratch(&s), s.weight_rows_per_block())
     };
-    assert!(m.len() == elements * s.c_out * s.c_in);
+    assert!(m.len() == kernel.elements() * s.c_out * s.c_in);
     let mut scratch: Vec<f32> = Vec::with_capacity(scratch);
     let (m, scratch) = (m.as_mut_ptr().cast::<f32>(), scratch.as_mut_ptr());
-    for (i, first) in (0..tile_rows).step_by(rows).enumerate() {
+    for (i, first) in (0..kernel.tile_rows(&s)).step_by(rows).enumerate() {
         // SAFETY: sizes asserted above; `winograd_kernel` chose these AVX2 kernels for these
         // sizes, so this CPU has them and they fit; every value of `scratch` is written before
         // it is read; the first block overwrites `m`.
@@ -636,7 +635,7 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
         let m_len = kernel.elements() * g.c_out * g.c_in;
         let fill = |b: usize, m: Slot<'_>, par: gemm::Parallelism| {
             let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-            winograd_weight(&g, large, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
+            winograd_weight(&g, kernel, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
         };
         // SAFETY: the first block of tile rows writes every value of the image's slot.
         let per = unsafe { per_image(g.batch, m_len, fill) };
