@@ -1,11 +1,13 @@
-//! The CPU backend's stride-1 3×3 convolutions at the CPU U-Net's shapes (128 px input): forward,
+//! The CPU backend's stride-1 3×3 convolutions at the CPU U-Net's shapes (128 px input unless asked): forward,
 //! input gradient and weight gradient, in ms and GFLOP/s (counted as direct sums), on the kernels
 //! this CPU picks, without Winograd (`BURN_FLEX_CONV_KERNEL=direct`: the AVX-512 direct kernels
 //! where the CPU has them), on what a CPU with AVX2 but not AVX-512 picks
 //! (`BURN_FLEX_CONV_KERNEL=avx2`), on that without F(4×4, 3×3) (`avx2-f2`) and on the portable
 //! GEMM path (`BURN_FLEX_CONV_KERNEL=gemm`), shape by shape.
 //!
-//! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS]`
+//! `cargo bench -p site-agent --bench conv -- [BATCH] [REPEATS] [SIZE]`: SIZE is the input's
+//! (default 128; `coordinator simulate`'s synthetic centers are 96 px, so their lower levels
+//! are 12 and 6 px), each level half the one above.
 
 use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
@@ -14,7 +16,8 @@ use burn_flex::ops::conv2d_stride1 as conv;
 
 mod support;
 
-/// (input channels, output channels, image size) of every 3×3 convolution of the `cpu` U-Net.
+/// (input channels, output channels, image size) of every 3×3 convolution of the `cpu` U-Net
+/// at 128 px.
 const SHAPES: [(usize, usize, usize); 18] = [
     (1, 16, 128),
     (16, 16, 128),
@@ -67,11 +70,18 @@ fn run() -> anyhow::Result<()> {
     let args = support::positional_args();
     let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let input: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
+    if input == 0 || input % 16 != 0 {
+        anyhow::bail!(
+            "input size {input}: the U-Net pools 4 times, so it must be a multiple of 16"
+        );
+    }
+    let shapes = SHAPES.map(|(c_in, c_out, size)| (c_in, c_out, size * input / 128));
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
     // Each shape on every kernel choice in turn, so that a slow spell of the host falls on all
     // of them rather than on one table.
     let mut seconds = vec![[[0.0f64; 3]; SHAPES.len()]; KERNELS.len()];
-    for (i, &(c_in, c_out, size)) in SHAPES.iter().enumerate() {
+    for (i, &(c_in, c_out, size)) in shapes.iter().enumerate() {
         let x = tensor([batch, c_in, size, size], 1);
         let w = tensor([c_out, c_in, 3, 3], 2);
         let dy = tensor([batch, c_out, size, size], 3);
@@ -100,7 +110,7 @@ fn run() -> anyhow::Result<()> {
         println!("kernels: {name} (batch {batch}, best of {repeats})");
         println!("  c_in → c_out  size   forward ms  GFLOP/s   dx ms  GFLOP/s   dw ms  GFLOP/s");
         let mut total = [0.0f64; 3];
-        for (&(c_in, c_out, size), t) in SHAPES.iter().zip(seconds) {
+        for (&(c_in, c_out, size), t) in shapes.iter().zip(seconds) {
             let gflop = 2.0 * (batch * c_in * c_out * 9 * size * size) as f64 / 1e9;
             print!("  {c_in:4} → {c_out:<4} {size:5}");
             for (i, s) in t.iter().enumerate() {

@@ -236,6 +236,28 @@ pub fn stride_one() {
         w: 8,
         ..same(1, 192, 180, 0)
     });
+    // AVX2's short rows (`coordinator simulate`'s 96-px images end in 12- and 6-px levels):
+    // 6 tiles padded to a vector of 8; 5 tiles with an odd number of tile rows (7); rows of 3
+    // tiles two per vector with an odd number of tile rows (3, the last vector's high lane
+    // empty); rows of 4 tiles likewise; then one image of 23 tile rows of 3 in blocks of 14
+    // and 9 for the forward pass and in one odd block of 23 for the weight gradient.
+    check(&same(2, 16, 20, 12));
+    check(&Case {
+        h: 14,
+        w: 10,
+        ..same(1, 24, 18, 0)
+    });
+    check(&same(2, 16, 20, 6));
+    check(&Case {
+        h: 6,
+        w: 8,
+        ..same(2, 16, 18, 0)
+    });
+    check(&Case {
+        h: 46,
+        w: 6,
+        ..same(1, 192, 180, 0)
+    });
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {

@@ -31,12 +31,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// The kernel this CPU runs for a convolution of these sizes, if Winograd takes it (see
-    /// [`Tiles::fit`], [`Tiles::fit_two_rows`]), unless `BURN_FLEX_CONV_KERNEL` asks for none (`gemm`: the portable GEMM
-    /// path; `direct`: the AVX-512 direct kernel) or for the AVX2 ones (`avx2`, so that CPUs
-    /// with AVX-512 test and measure them too; `avx2-f2`: AVX2 with F(2×2, 3×3) only). Read on
-    /// every call, so a test or bench can compare them.
+    /// [`Tiles::fit`], [`Tiles::fit_avx2`]), unless `BURN_FLEX_CONV_KERNEL` asks for none
+    /// (`gemm`: the portable GEMM path; `direct`: the AVX-512 direct kernel) or for the AVX2
+    /// ones (`avx2`, so that CPUs with AVX-512 test and measure them too; `avx2-f2`: AVX2 with
+    /// F(2×2, 3×3) only). Read on every call, so a test or bench can compare them.
     pub fn chosen(s: &Tiles) -> Option<Kernel> {
-        if !s.fit() && !s.fit_two_rows() {
+        if !s.fit_avx2() {
             return None;
         }
         let asked = std::env::var("BURN_FLEX_CONV_KERNEL").unwrap_or_default();
@@ -300,35 +300,45 @@ impl Tiles {
         self.rows_within(32768)
     }
     /// Tile rows of about `budget / (c_in + c_out)` tiles: at least one, at most all; pairs of
-    /// them for [`Tiles::fit_two_rows`].
+    /// them where the AVX2 kernels put two rows in a vector ([`Tiles::two_rows`]), unless the
+    /// block holds them all.
     fn rows_within(&self, budget: usize) -> usize {
         let tiles = (budget / (self.c_in + self.c_out)).max(1);
-        let rows = (tiles / self.across()).clamp(1, self.h_out / 2);
-        if self.fit_two_rows() {
+        let all = self.h_out / 2;
+        let rows = (tiles / self.across()).clamp(1, all);
+        if self.two_rows() && rows < all {
             (rows & !1).max(2)
         } else {
             rows
         }
     }
-    /// Whether these kernels take the convolution: whole tiles, at least 8 per row, and 16 or
-    /// more channels in and out — every 3×3 convolution of the `cpu` U-Net but its first
-    /// (1 → 16 maps), where the transforms would cost more than the products they save. With
-    /// AVX-512, at 16 channels and 128 px it measured level with the direct kernel to 10 %
-    /// faster, at 32 and more channels 25–40 % faster; with AVX2 (against `gemm`), 10–40 % at
-    /// 16 channels and 128 px, about twice as fast at 32 and more.
+    /// Whether the AVX-512 kernels take the convolution: whole tiles, at least 8 per row, and
+    /// 16 or more channels in and out — every 3×3 convolution of the `cpu` U-Net at 128 px but
+    /// its first (1 → 16 maps), where the transforms would cost more than the products they
+    /// save. At 16 channels and 128 px it measured level with the direct kernel to 10 % faster,
+    /// at 32 and more channels 25–40 % faster.
     pub fn fit(&self) -> bool {
+        self.fit_avx2() && self.across() >= 8
+    }
+
+    /// Whether the AVX2 kernels take it: whole tiles, at least 3 per row, 16 or more channels.
+    /// Rows of 3 or 4 tiles (6 and 8 px) go two to a vector ([`Tiles::two_rows`]), longer rows
+    /// are padded to whole vectors (5–7 tiles fill 62–88 % of one). Against `gemm`: 10–40 %
+    /// faster at 16 channels and 128 px, about twice as fast at 32 and more channels; at the
+    /// 8-px bottleneck (128 → 256, 256 → 256 maps, which took as long as the 128-px layers on
+    /// `gemm`) about twice as fast too.
+    pub fn fit_avx2(&self) -> bool {
         self.h_out % 2 == 0
             && self.w_out % 2 == 0
-            && self.across() >= 8
+            && self.across() >= 3
             && self.c_in >= 16
             && self.c_out >= 16
     }
 
-    /// Whether the AVX2 kernels take it with two rows of 4 tiles per vector: 8 px wide (the
-    /// `cpu` U-Net's bottleneck, 128 → 256 and 256 → 256 maps, which took as long as its
-    /// 128-px layers on `gemm`), an even number of tile rows, 16 or more channels.
-    pub fn fit_two_rows(&self) -> bool {
-        self.h_out % 4 == 0 && self.w_out == 8 && self.c_in >= 16 && self.c_out >= 16
+    /// Whether the AVX2 kernels hold two tile rows (of 3 or 4 tiles) in each vector, one per
+    /// 128-bit lane.
+    pub fn two_rows(&self) -> bool {
+        self.across() <= 4
     }
 }
 

@@ -10,8 +10,9 @@
 //! `unpckhps` of the even and odd outputs put that order back into 16 consecutive outputs — no
 //! permute across lanes either way.
 //!
-//! Rows of 4 tiles (8 px: the `cpu` U-Net's bottleneck) are not padded: a vector holds two
-//! tile rows, one per 128-bit lane, each lane loaded and stored on its own; the same shuffles
+//! Rows of 3 or 4 tiles (6 or 8 px: the `cpu` U-Net's bottleneck at 96 and 128 px) are not
+//! padded to 8: a vector holds two tile rows, one per 128-bit lane, each lane loaded and
+//! stored on its own (cut to 3 tiles, or empty past the block's last row); the same shuffles
 //! then give each lane its row's tiles in order.
 
 use core::arch::x86_64::*;
@@ -24,34 +25,90 @@ pub const MR: usize = 6;
 /// Tiles per vector.
 const LANES: usize = 8;
 
-/// Tiles per row in `V` and `M`: whole vectors, or half a vector in [`two_rows`] mode.
+/// Tiles per row in `V` and `M`: whole vectors, or half a vector in two-rows mode.
 fn across_padded(s: &Tiles) -> usize {
-    if two_rows(s) {
+    if s.two_rows() {
         LANES / 2
     } else {
         s.across().next_multiple_of(LANES)
     }
 }
 
-/// Whether each vector holds two tile rows of 4 tiles (see the module's doc; `Tiles::fit`
-/// takes such rows only in whole pairs).
-fn two_rows(s: &Tiles) -> bool {
-    s.across() == LANES / 2
+/// Tiles of a block of `rows` tile rows in `V` and `M`: in two-rows mode an odd last row
+/// takes a whole vector too.
+fn tiles_of(s: &Tiles, rows: usize) -> usize {
+    if s.two_rows() {
+        rows.next_multiple_of(2) * LANES / 2
+    } else {
+        rows * across_padded(s)
+    }
 }
 
-/// The block's vectors, as (tile row, first tile): along each tile row, or one per pair of
-/// tile rows in [`two_rows`] mode.
-fn vectors(s: &Tiles, rows: usize) -> impl Iterator<Item = (usize, usize)> {
-    let (across, step) = (s.across(), if two_rows(s) { 2 } else { 1 });
+/// The block's vectors, as (tile row, first tile, tiles in the vector's low and high lane):
+/// along each tile row, or one per pair of tile rows in two-rows mode (none in the high lane
+/// past the block's last row).
+fn vectors(s: &Tiles, rows: usize) -> impl Iterator<Item = (usize, usize, [usize; 2])> {
+    let (across, two) = (s.across(), s.two_rows());
     (0..rows)
-        .step_by(step)
-        .flat_map(move |r| (0..across).step_by(LANES).map(move |x0| (r, x0)))
+        .step_by(if two { 2 } else { 1 })
+        .flat_map(move |r| {
+            (0..across).step_by(LANES).map(move |x0| {
+                let n = if two {
+                    [across, if r + 1 < rows { across } else { 0 }]
+                } else {
+                    [LANES.min(across - x0), 0]
+                };
+                (r, x0, n)
+            })
+        })
 }
 
-/// 4 values at `at` in the low lane, 4 at `at + next` in the high one.
+/// Values of a lane of 4 that lie in a row of `len` from this lane's first, `first`.
+fn lane_len(len: usize, first: usize) -> usize {
+    len.saturating_sub(first).min(4)
+}
+
+/// A mask of the first `len` of 4 lanes, for `maskload` / `maskstore`.
+#[target_feature(enable = "avx2")]
+fn first_of_4(len: usize) -> __m128i {
+    _mm_cmpgt_epi32(_mm_set1_epi32(len as i32), _mm_setr_epi32(0, 1, 2, 3))
+}
+
+/// `lens[0]` values at `at` in the low lane and `lens[1]` at `at + next` in the high one (at
+/// most 4 each), zeros in the rest; nothing is read past them.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn load_pair(at: *const f32, next: usize) -> __m256 {
-    unsafe { _mm256_loadu2_m128(at.add(next), at) }
+unsafe fn load_pair(at: *const f32, next: usize, lens: [usize; 2]) -> __m256 {
+    if lens == [4, 4] {
+        return unsafe { _mm256_loadu2_m128(at.add(next), at) };
+    }
+    let half = |at: *const f32, len: usize| {
+        if len == 0 {
+            _mm_setzero_ps()
+        } else {
+            unsafe { _mm_maskload_ps(at, first_of_4(len)) }
+        }
+    };
+    let high = if lens[1] == 0 {
+        _mm_setzero_ps()
+    } else {
+        half(unsafe { at.add(next) }, lens[1])
+    };
+    _mm256_set_m128(high, half(at, lens[0]))
+}
+
+/// The low lane's first `lens[0]` values to `at`, the high lane's first `lens[1]` to
+/// `at + next`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_pair(at: *mut f32, next: usize, v: __m256, lens: [usize; 2]) {
+    if lens == [4, 4] {
+        return unsafe { _mm256_storeu2_m128(at.add(next), at, v) };
+    }
+    let halves = [_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)];
+    for (k, (half, len)) in halves.into_iter().zip(lens).enumerate() {
+        if len > 0 {
+            unsafe { _mm_maskstore_ps(at.add(k * next), first_of_4(len), half) };
+        }
+    }
 }
 
 /// Values of scratch one block needs ([`block`]'s `scratch`).
@@ -65,7 +122,7 @@ pub fn weight_scratch(s: &Tiles) -> usize {
 }
 
 fn scratch_of(s: &Tiles, rows: usize) -> usize {
-    let tiles = rows * across_padded(s);
+    let tiles = tiles_of(s, rows);
     ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
 }
 
@@ -85,7 +142,7 @@ pub unsafe fn block(
     scratch: *mut f32,
 ) {
     let rows = s.rows_per_block().min(s.h_out / 2 - first);
-    let tiles = rows * across_padded(&s);
+    let tiles = tiles_of(&s, rows);
     let v = scratch;
     let (vs, ms) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let m = unsafe { scratch.add(ELEMENTS * vs) };
@@ -123,7 +180,7 @@ pub unsafe fn weight_block(
     par: gemm::Parallelism,
 ) {
     let rows = s.weight_rows_per_block().min(s.h_out / 2 - first);
-    let tiles = rows * across_padded(&s);
+    let tiles = tiles_of(&s, rows);
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let u = unsafe { scratch.add(ELEMENTS * vs) };
@@ -211,22 +268,28 @@ unsafe fn output_grad_transform(
     u: *mut f32,
     us: usize,
 ) {
-    let (across, padded) = (s.across(), across_padded(&s));
+    let padded = across_padded(&s);
     for o in 0..s.c_out {
-        for (r, x0) in vectors(&s, rows) {
-            let n = LANES.min(across - x0);
+        for (r, x0, n) in vectors(&s, rows) {
             let mut t = [[_mm256_setzero_ps(); 4]; 2];
             for (k, t) in t.iter_mut().enumerate() {
                 let src = unsafe {
                     dy.add(o * s.h_out * s.w_out + (2 * (first + r) + k) * s.w_out + 2 * x0)
                 };
-                let [a, b] = if n == LANES {
-                    unsafe { [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))] }
-                } else if two_rows(&s) {
+                let [a, b] = if s.two_rows() {
                     // The next tile row starts two rows of the output gradient further.
                     let next = 2 * s.w_out;
-                    unsafe { [load_pair(src, next), load_pair(src.add(4), next)] }
+                    let lens = |first| n.map(|n| lane_len(2 * n, first));
+                    unsafe {
+                        [
+                            load_pair(src, next, lens(0)),
+                            load_pair(src.add(4), next, lens(4)),
+                        ]
+                    }
+                } else if n[0] == LANES {
+                    unsafe { [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))] }
                 } else {
+                    let n = n[0];
                     unsafe {
                         [
                             _mm256_maskload_ps(src, first_lanes(2 * n)),
@@ -278,27 +341,36 @@ unsafe fn input_transform(
     v: *mut f32,
     vs: usize,
 ) {
-    let (across, padded) = (s.across(), across_padded(&s));
+    let padded = across_padded(&s);
     for c in 0..s.c_in {
-        for (r, x0) in vectors(&s, rows) {
-            let n = LANES.min(across - x0);
+        for (r, x0, n) in vectors(&s, rows) {
             // Columns 2·x0 .. 2·x0 + 2n + 2 of the tile row's four input rows; each row as
             // its columns 2t, 2t + 1, 2t + 2, 2t + 3 for the n tiles t.
             let mut t = [[_mm256_setzero_ps(); 4]; 4];
             for (i, t) in t.iter_mut().enumerate() {
                 let src = unsafe { p.add(c * s.plane + (2 * (first + r) + i) * s.row + 2 * x0) };
                 // A whole vector reads columns up to 2·x0 + 17 < w_out + 2 ≤ row.
-                let [a, b, c2, d2] = if two_rows(&s) {
+                let [a, b, c2, d2] = if s.two_rows() {
                     let next = 2 * s.row;
+                    // Lanes past a lane's 2n + 2 columns (or past the block) stay zero.
+                    let lens = |first| {
+                        n.map(|n| {
+                            if n == 0 {
+                                0
+                            } else {
+                                lane_len(2 * n + 2, first)
+                            }
+                        })
+                    };
                     unsafe {
                         [
-                            load_pair(src, next),
-                            load_pair(src.add(4), next),
-                            load_pair(src.add(2), next),
-                            load_pair(src.add(6), next),
+                            load_pair(src, next, lens(0)),
+                            load_pair(src.add(4), next, lens(4)),
+                            load_pair(src.add(2), next, lens(2)),
+                            load_pair(src.add(6), next, lens(6)),
                         ]
                     }
-                } else if n == LANES {
+                } else if n[0] == LANES {
                     unsafe {
                         [
                             _mm256_loadu_ps(src),
@@ -311,6 +383,7 @@ unsafe fn input_transform(
                     let load = |at: *const f32, len: usize| unsafe {
                         _mm256_maskload_ps(at, first_lanes(len))
                     };
+                    let n = n[0];
                     unsafe {
                         [
                             load(src, 2 * n + 2),
@@ -421,11 +494,10 @@ unsafe fn output_transform(
     tiles: usize,
     out: Out<'_>,
 ) {
-    let (across, padded) = (s.across(), across_padded(&s));
+    let padded = across_padded(&s);
     for o in 0..s.c_out {
         let bias = _mm256_set1_ps(out.bias.map_or(0.0, |b| b[o]));
-        for (r, x0) in vectors(&s, rows) {
-            let n = LANES.min(across - x0);
+        for (r, x0, n) in vectors(&s, rows) {
             let at = o * tiles + r * padded + x0;
             let load = |e: usize| unsafe { _mm256_loadu_ps(m.add(e * ms + at)) };
             // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] along each element row, then down.
@@ -459,19 +531,21 @@ unsafe fn output_transform(
                 // are outputs 0–7, the high halves 8–15.
                 let low = _mm256_unpacklo_ps(cols[0], cols[1]);
                 let high = _mm256_unpackhi_ps(cols[0], cols[1]);
-                if two_rows(&s) {
+                if s.two_rows() {
                     // Each lane's row: outputs 0–3 in `low`, 4–7 in `high`.
                     let next = 2 * s.w_out;
+                    let lens = |first| n.map(|n| lane_len(2 * n, first));
                     unsafe {
-                        _mm256_storeu2_m128(dst.add(next), dst, low);
-                        _mm256_storeu2_m128(dst.add(next + 4), dst.add(4), high);
+                        store_pair(dst, next, low, lens(0));
+                        store_pair(dst.add(4), next, high, lens(4));
                     }
-                } else if n == LANES {
+                } else if n[0] == LANES {
                     unsafe {
                         _mm256_storeu_ps(dst, low);
                         _mm256_storeu_ps(dst.add(8), high);
                     }
                 } else {
+                    let n = n[0];
                     let mut row = [0.0f32; 2 * LANES];
                     unsafe {
                         _mm256_storeu_ps(row.as_mut_ptr(), low);
