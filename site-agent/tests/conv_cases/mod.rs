@@ -240,7 +240,9 @@ pub fn stride_one() {
     // 6 tiles padded to a vector of 8; 5 tiles with an odd number of tile rows (7); rows of 3
     // tiles two per vector with an odd number of tile rows (3, the last vector's high lane
     // empty); rows of 4 tiles likewise; then one image of 23 tile rows of 3 in blocks of 14
-    // and 9 for the forward pass and in one odd block of 23 for the weight gradient.
+    // and 9 for the forward pass and in one odd block of 23 for the weight gradient. Their
+    // weight gradients sum several whole images in one block: all of a batch (12 and 6 px),
+    // then 7 images of 6 px at 384 → 360 maps in groups of 5 and 2.
     check(&same(2, 16, 20, 12));
     check(&Case {
         h: 14,
@@ -258,6 +260,7 @@ pub fn stride_one() {
         w: 6,
         ..same(1, 192, 180, 0)
     });
+    check(&same(7, 384, 360, 6));
     // Padding beyond the kernel: the input gradient cannot be a convolution of the padded
     // output gradient.
     check(&Case {

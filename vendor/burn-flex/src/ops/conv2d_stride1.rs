@@ -455,6 +455,45 @@ fn winograd_weight(
     }
 }
 
+/// The weight gradient in Winograd's transformed domain (F(3×3, 2×2), as [`winograd_weight`])
+/// of the images `images` together, each image smaller than a block of it (see
+/// `conv2d_winograd_avx2::images_per_weight_block`).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn winograd_weight_images(
+    g: &Geometry,
+    xs: &[f32],
+    dys: &[f32],
+    images: core::ops::Range<usize>,
+    m: Slot<'_>,
+    par: gemm::Parallelism,
+) {
+    use super::conv2d_winograd_avx2 as small;
+    let s = tiles(g);
+    assert!(s.row >= s.w_out + 2 && s.plane >= (s.h_out + 2) * s.row + 2);
+    assert!(m.len() == super::conv2d_winograd::ELEMENTS * s.c_out * s.c_in);
+    let planes: Vec<Vec<f32>> = images
+        .clone()
+        .map(|b| pad_planes(g, &xs[b * g.x_len()..][..g.x_len()], g.c_in))
+        .collect();
+    let pairs: Vec<(*const f32, *const f32)> = images
+        .zip(&planes)
+        .map(|(b, p)| (p.as_ptr(), dys[b * g.y_len()..][..g.y_len()].as_ptr()))
+        .collect();
+    let mut scratch: Vec<f32> = Vec::with_capacity(small::weight_images_scratch(&s, pairs.len()));
+    // SAFETY: sizes asserted above and sliced from whole images; `winograd_kernel` chose the
+    // AVX2 kernels for these sizes; every value of `scratch` is written before it is read, and
+    // every value of `m` is overwritten.
+    unsafe {
+        small::weight_images(
+            s,
+            &pairs,
+            scratch.as_mut_ptr(),
+            m.as_mut_ptr().cast::<f32>(),
+            par,
+        )
+    };
+}
+
 fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
@@ -633,12 +672,22 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
     if let Some(kernel @ (Kernel::Avx2 | Kernel::Avx2Large)) = winograd_kernel(&g) {
         let large = kernel == Kernel::Avx2Large;
         let m_len = kernel.elements() * g.c_out * g.c_in;
-        let fill = |b: usize, m: Slot<'_>, par: gemm::Parallelism| {
-            let p = pad_planes(&g, &xs[b * g.x_len()..][..g.x_len()], g.c_in);
-            winograd_weight(&g, kernel, &p, &dys[b * g.y_len()..][..g.y_len()], m, par);
+        // Small images (F(2×2)) go several to a block, summed over all their tiles at once.
+        let group = match large {
+            true => 1,
+            false => super::conv2d_winograd_avx2::images_per_weight_block(&tiles(&g), g.batch),
         };
-        // SAFETY: the first block of tile rows writes every value of the image's slot.
-        let per = unsafe { per_image(g.batch, m_len, fill) };
+        let fill = |i: usize, m: Slot<'_>, par: gemm::Parallelism| {
+            if group > 1 {
+                let images = i * group..((i + 1) * group).min(g.batch);
+                return winograd_weight_images(&g, xs, dys, images, m, par);
+            }
+            let p = pad_planes(&g, &xs[i * g.x_len()..][..g.x_len()], g.c_in);
+            winograd_weight(&g, kernel, &p, &dys[i * g.y_len()..][..g.y_len()], m, par);
+        };
+        // SAFETY: the first block of tile rows (or the group's one block) writes every value
+        // of the slot.
+        let per = unsafe { per_image(g.batch.div_ceil(group), m_len, fill) };
         let m = sum_in_batch_order(&per, m_len);
         let dw = if large {
             use super::conv2d_winograd4_avx2::{WEIGHT_AT, WEIGHT_SCALE};

@@ -203,6 +203,70 @@ pub unsafe fn weight_block(
     });
 }
 
+/// Images whose weight gradients [`weight_images`] sums in one block: as many whole images as
+/// the weight gradient's budget of tiles holds (at least one). For images of fewer tiles than
+/// a block (the 12- and 6-px levels of 96-px inputs: 48 and 16 tiles), whose per-image sums
+/// were too short — each of `16·c_out·c_in` sums ended in a sum across lanes and a store after
+/// two to six vectors — and took longer than `gemm`.
+///
+/// The budget is twice `Tiles::weight_rows_per_block`'s: conv bench at 96 px (batch 8), the
+/// twelve 12- and 6-px weight gradients, two rounds: 24.5–28.3 ms at 32768, 20.8–21.9 at
+/// 65536, 31–32 at 131072 (`gemm`: 27–40 on the same noisy host).
+pub fn images_per_weight_block(s: &Tiles, batch: usize) -> usize {
+    let image = tiles_of(s, s.h_out / 2);
+    let budget = 65536 / (s.c_in + s.c_out);
+    (budget / image).clamp(1, batch.max(1))
+}
+
+/// Values of scratch [`weight_images`] needs for `images` images.
+pub fn weight_images_scratch(s: &Tiles, images: usize) -> usize {
+    let tiles = tiles_of(s, s.h_out / 2) * images;
+    ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
+}
+
+/// The weight gradient in the transformed domain (as [`weight_block`]'s, overwriting `m`) of
+/// whole images at once: `images` holds each one's padded planes and output gradient, and
+/// every element's products are summed over all their tiles, image after image, in one
+/// dot product.
+///
+/// # Safety
+/// As [`weight_block`] for each image, with `scratch` holding
+/// [`weight_images_scratch`]`(s, images.len())` values.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn weight_images(
+    s: Tiles,
+    images: &[(*const f32, *const f32)],
+    scratch: *mut f32,
+    m: *mut f32,
+    par: gemm::Parallelism,
+) {
+    let rows = s.h_out / 2;
+    let image = tiles_of(&s, rows);
+    let tiles = image * images.len();
+    let v = scratch;
+    let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
+    let u = unsafe { scratch.add(ELEMENTS * vs) };
+    let per = s.c_out * s.c_in;
+    for (k, &(p, dy)) in images.iter().enumerate() {
+        // Each image's tiles at its own offset in every channel's row of `tiles`.
+        unsafe {
+            input_transform(s, p, 0, rows, tiles, v.add(k * image), vs);
+            output_grad_transform(s, dy, 0, rows, tiles, u.add(k * image), us);
+        }
+    }
+    let (u, v, m) = (u as usize, v as usize, m as usize);
+    super::conv2d_stride1::for_each_part(ELEMENTS, par, |e| unsafe {
+        weight_gemm(
+            s,
+            tiles,
+            (u as *const f32).add(e * us),
+            (v as *const f32).add(e * vs),
+            (m as *mut f32).add(e * per),
+            false,
+        )
+    });
+}
+
 /// `m[c_out × c_in] (+)= U[c_out × tiles] · V[c_in × tiles]ᵀ` for one tile element: dot
 /// products along the tiles (contiguous in both), blocks of 4 output × 3 input channels in
 /// registers (12 accumulators, 7 loads per 12 FMAs), each summed across its lanes at the end.
