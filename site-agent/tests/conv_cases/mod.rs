@@ -205,9 +205,9 @@ pub fn stride_one() {
         ..same(3, 3, 33, 12)
     });
     // Winograd (3×3, even output of 16 or more columns, 16 or more channels in and out): a
-    // tile row of one whole vector of tiles and a part one, output channels that fill no
-    // block; rows of 8 tiles (half a vector); then a non-square image in two blocks of tile
-    // rows, one image alone (the blocks in parallel).
+    // tile row of one whole vector of tiles and a part one (with AVX2, F(4×4): 8 + 2 tiles),
+    // output channels that fill no block; rows of 8 tiles (half a vector); then a non-square
+    // image in two blocks of tile rows, one image alone (the blocks in parallel).
     check(&same(2, 32, 36, 40));
     check(&same(2, 16, 24, 16));
     // AVX2's vectors of 8 tiles: 21 per row (two and a part), 21 rows in one block (an odd
@@ -226,6 +226,14 @@ pub fn stride_one() {
         h: 24,
         w: 64,
         ..same(1, 48, 40, 0)
+    });
+    // F(4×4) in a partial vector: 6 tiles per row (24 px, simulate's fourth level), and 5
+    // (its smallest row) in one image of 2 tile rows.
+    check(&same(2, 16, 20, 24));
+    check(&Case {
+        h: 8,
+        w: 20,
+        ..same(1, 32, 24, 0)
     });
     // AVX2's rows of 4 tiles, two per vector (8 px wide): two images; then one image of 28
     // tile rows in blocks of 10, 10 and 8 (the budget gives 11 rows, an odd number) for the

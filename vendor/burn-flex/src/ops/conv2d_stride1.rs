@@ -16,7 +16,7 @@
 //!
 //! On CPUs with AVX-512 or AVX2, 3×3 forward passes and input gradients with 16 or more
 //! channels go to Winograd F(2×2, 3×3) instead (`conv2d_winograd`), on the same padded planes;
-//! with AVX2, F(4×4, 3×3) where rows hold whole vectors of its tiles, and the weight gradients
+//! with AVX2, F(4×4, 3×3) where rows hold 5 or more of its tiles, and the weight gradients
 //! too (F(3×3, 2×2) or F(3×3, 4×4) to match).
 //!
 //! Every sum runs in a fixed order (images in the batch are summed in batch order), so the

@@ -10,8 +10,8 @@
 //! whole tile rows, so a block's `V` and `M` stay in L2 between the input transform, the 16
 //! GEMMs and the output transform. Vectors run along the tiles of a row: the input's even and
 //! odd columns are split by permutes, and the outputs interleaved back the same way. The
-//! weights are transformed once per call. With AVX2, convolutions whose rows hold whole vectors
-//! of 4×4 tiles take F(4×4, 3×3) (`conv2d_winograd4_avx2`) the same way.
+//! weights are transformed once per call. With AVX2, convolutions whose rows hold 5 or more
+//! 4×4 tiles take F(4×4, 3×3) (`conv2d_winograd4_avx2`) the same way.
 //!
 //! Every output is summed in an order that depends only on the shapes (so not on threads). Its
 //! rounding differs from the direct sum's by a few units in the last place of the larger terms.

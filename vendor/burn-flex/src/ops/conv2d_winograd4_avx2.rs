@@ -1,6 +1,6 @@
-//! fedseg: Winograd F(4×4, 3×3) with AVX2 + FMA, for the 3×3 convolutions whose rows hold whole
-//! vectors of 4-wide tiles (32, 64, 128 px…); `conv2d_winograd_avx2`'s F(2×2, 3×3) takes the
-//! others.
+//! fedseg: Winograd F(4×4, 3×3) with AVX2 + FMA, for the 3×3 convolutions whose rows hold 5 or
+//! more 4-wide tiles (20, 24, 32, 48, 64, 96, 128 px…); `conv2d_winograd_avx2`'s F(2×2, 3×3)
+//! takes the others.
 //!
 //! A tile is 4×4 outputs from a 6×6 input patch: 36 products per channel pair for 16 outputs
 //! (2.25 per output, against F(2×2)'s 4 and the direct sum's 9), and per output fewer values of
@@ -8,7 +8,9 @@
 //! coefficients run to 8 and ⅙, so outputs differ from the direct sum by a few more units in
 //! the last place than F(2×2)'s.
 //!
-//! Vectors run along 8 tiles of a row. The input's columns `4t + k` are split out of four
+//! Vectors run along 8 tiles of a row; each row is padded to whole vectors in `V` and `M` (the
+//! padding tiles are computed and dropped), only a partial vector's loads and stores are cut
+//! to the row. The input's columns `4t + k` are split out of four
 //! consecutive vectors by a 4×4 transpose within 128-bit lanes, which leaves the tiles in the
 //! order 0, 2, 4, 6, 1, 3, 5, 7; the same transpose of the four output columns puts the outputs
 //! back in order. The element GEMMs are `conv2d_winograd_avx2`'s.
@@ -29,29 +31,51 @@ pub const ELEMENTS: usize = 36;
 /// Tiles per vector.
 const LANES: usize = 8;
 
-/// Whether this kernel takes the convolution: whole 4×4 tiles and whole vectors of them per row
-/// (the last vector of a row reads two values past it, into the padded plane's next row or
-/// slack), 16 or more channels in and out.
+/// Whether this kernel takes the convolution: whole 4×4 tiles, at least 5 per row, 16 or more
+/// channels in and out. (A whole vector that ends a row reads two values past it, into the
+/// padded plane's next row or slack.) With 4 tiles per row F(2×2)'s 8 fill a vector, where
+/// these would fill half; from 5 up, these need fewer products per output even in a partly
+/// filled vector (at 24 px: 2.25 / 0.75 = 3 against F(2×2)'s 4 / 0.75).
 pub fn fit(s: &Tiles) -> bool {
-    s.h_out % 4 == 0 && s.w_out % (4 * LANES) == 0 && s.c_in >= 16 && s.c_out >= 16
+    s.h_out % 4 == 0 && s.w_out % 4 == 0 && s.w_out >= 20 && s.c_in >= 16 && s.c_out >= 16
 }
 
 fn across(s: &Tiles) -> usize {
     s.w_out / 4
 }
 
+/// Tiles per row in `V` and `M`: whole vectors.
+fn across_padded(s: &Tiles) -> usize {
+    across(s).next_multiple_of(LANES)
+}
+
+/// The first `len` of 8 values from `at` (at most 8), zeros in the other lanes; nothing is
+/// read past them.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_first(at: *const f32, len: usize) -> __m256 {
+    match len {
+        0 => _mm256_setzero_ps(),
+        8.. => unsafe { _mm256_loadu_ps(at) },
+        _ => {
+            let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), index);
+            unsafe { _mm256_maskload_ps(at, mask) }
+        }
+    }
+}
+
 /// Tile rows per block: the block's `V` and `M` (36 values per tile and channel) within about
 /// 1 MiB, as F(2×2)'s blocks.
 pub fn rows_per_block(s: &Tiles) -> usize {
     let tiles = (7168 / (s.c_in + s.c_out)).max(1);
-    (tiles / across(s)).clamp(1, s.h_out / 4)
+    (tiles / across_padded(s)).clamp(1, s.h_out / 4)
 }
 
 /// Tile rows per block of the weight gradient: as `Tiles::weight_rows_per_block` (twice the
 /// forward pass's, its sums over a block's tiles are short otherwise).
 pub fn weight_rows_per_block(s: &Tiles) -> usize {
     let tiles = (14336 / (s.c_in + s.c_out)).max(1);
-    (tiles / across(s)).clamp(1, s.h_out / 4)
+    (tiles / across_padded(s)).clamp(1, s.h_out / 4)
 }
 
 /// Values of scratch one [`block`] needs.
@@ -65,7 +89,7 @@ pub fn weight_scratch(s: &Tiles) -> usize {
 }
 
 fn scratch_of(s: &Tiles, rows: usize) -> usize {
-    let tiles = rows * across(s);
+    let tiles = rows * across_padded(s);
     ELEMENTS * (stride(s.c_in, tiles) + stride(s.c_out, tiles))
 }
 
@@ -113,7 +137,7 @@ pub unsafe fn block(
     scratch: *mut f32,
 ) {
     let rows = rows_per_block(&s).min(s.h_out / 4 - first);
-    let tiles = rows * across(&s);
+    let tiles = rows * across_padded(&s);
     let v = scratch;
     let (vs, ms) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let m = unsafe { scratch.add(ELEMENTS * vs) };
@@ -151,7 +175,7 @@ pub unsafe fn weight_block(
     par: gemm::Parallelism,
 ) {
     let rows = weight_rows_per_block(&s).min(s.h_out / 4 - first);
-    let tiles = rows * across(&s);
+    let tiles = rows * across_padded(&s);
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let u = unsafe { scratch.add(ELEMENTS * vs) };
@@ -219,19 +243,25 @@ unsafe fn output_grad_transform(
     u: *mut f32,
     us: usize,
 ) {
-    let across = across(&s);
+    let (across, padded) = (across(&s), across_padded(&s));
     for o in 0..s.c_out {
         for r in 0..rows {
             for x0 in (0..across).step_by(LANES) {
+                // The vector's 4n columns; padding tiles zero.
+                let len = 4 * LANES.min(across - x0);
                 let mut t = [[_mm256_setzero_ps(); 6]; 4];
                 for (k, t) in t.iter_mut().enumerate() {
                     let src = unsafe {
                         dy.add(o * s.h_out * s.w_out + (4 * (first + r) + k) * s.w_out + 4 * x0)
                     };
-                    let load = |at: usize| unsafe { _mm256_loadu_ps(src.add(at)) };
+                    // `wrapping_add`: a partial vector's later loads may start past the buffer
+                    // (and read nothing).
+                    let load = |at: usize| unsafe {
+                        load_first(src.wrapping_add(at), len.saturating_sub(at))
+                    };
                     *t = times_g(transpose4(load(0), load(8), load(16), load(24)));
                 }
-                let at = o * tiles + r * across + x0;
+                let at = o * tiles + r * padded + x0;
                 for j in 0..6 {
                     let col = times_g(core::array::from_fn(|k| t[k][j]));
                     for (i, value) in col.into_iter().enumerate() {
@@ -303,22 +333,30 @@ unsafe fn input_transform(
     v: *mut f32,
     vs: usize,
 ) {
-    let across = across(&s);
+    let (across, padded) = (across(&s), across_padded(&s));
     for c in 0..s.c_in {
         for r in 0..rows {
             for x0 in (0..across).step_by(LANES) {
+                let n = LANES.min(across - x0);
                 let mut t = [[_mm256_setzero_ps(); 6]; 6];
                 for (i, t) in t.iter_mut().enumerate() {
                     let src =
                         unsafe { p.add(c * s.plane + (4 * (first + r) + i) * s.row + 4 * x0) };
-                    let load = |at: usize| unsafe { _mm256_loadu_ps(src.add(at)) };
-                    // Columns 4t .. 4t + 3 of the 8 tiles t, then 4t + 4 and 4t + 5 (the last
-                    // load ends two values past the row: see `fit`).
+                    // A partial vector reads its 4n + 2 columns only.
+                    let load = |at: usize| unsafe {
+                        if n == LANES {
+                            _mm256_loadu_ps(src.add(at))
+                        } else {
+                            load_first(src.wrapping_add(at), (4 * n + 2).saturating_sub(at))
+                        }
+                    };
+                    // Columns 4t .. 4t + 3 of the 8 tiles t, then 4t + 4 and 4t + 5 (a whole
+                    // vector's last load ends two values past the row: see `fit`).
                     let [d0, d1, d2, d3] = transpose4(load(0), load(8), load(16), load(24));
                     let [d4, d5, ..] = transpose4(load(4), load(12), load(20), load(28));
                     *t = times_bt([d0, d1, d2, d3, d4, d5]);
                 }
-                let at = c * tiles + r * across + x0;
+                let at = c * tiles + r * padded + x0;
                 for j in 0..6 {
                     let col = times_bt(core::array::from_fn(|i| t[i][j]));
                     for (i, value) in col.into_iter().enumerate() {
@@ -341,12 +379,13 @@ unsafe fn output_transform(
     tiles: usize,
     out: Out<'_>,
 ) {
-    let across = across(&s);
+    let (across, padded) = (across(&s), across_padded(&s));
     for o in 0..s.c_out {
         let bias = _mm256_set1_ps(out.bias.map_or(0.0, |b| b[o]));
         for r in 0..rows {
             for x0 in (0..across).step_by(LANES) {
-                let at = o * tiles + r * across + x0;
+                let n = LANES.min(across - x0);
+                let at = o * tiles + r * padded + x0;
                 let load = |e: usize| unsafe { _mm256_loadu_ps(m.add(e * ms + at)) };
                 // Aᵀ along each element row, then down the four columns.
                 let t: [[__m256; 4]; 6] =
@@ -362,11 +401,19 @@ unsafe fn output_transform(
                         core::array::from_fn(|x| _mm256_add_ps(y[x][row], bias));
                     let [a, b, c, d] =
                         transpose4(with_bias[0], with_bias[1], with_bias[2], with_bias[3]);
-                    unsafe {
-                        _mm256_storeu_ps(dst, a);
-                        _mm256_storeu_ps(dst.add(8), b);
-                        _mm256_storeu_ps(dst.add(16), c);
-                        _mm256_storeu_ps(dst.add(24), d);
+                    if n == LANES {
+                        unsafe {
+                            _mm256_storeu_ps(dst, a);
+                            _mm256_storeu_ps(dst.add(8), b);
+                            _mm256_storeu_ps(dst.add(16), c);
+                            _mm256_storeu_ps(dst.add(24), d);
+                        }
+                    } else {
+                        let mut row = [0.0f32; 4 * LANES];
+                        for (k, v) in [a, b, c, d].into_iter().enumerate() {
+                            unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * k), v) };
+                        }
+                        unsafe { core::ptr::copy_nonoverlapping(row.as_ptr(), dst, 4 * n) };
                     }
                 }
             }
