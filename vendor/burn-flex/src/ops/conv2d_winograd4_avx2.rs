@@ -24,7 +24,7 @@
 use core::arch::x86_64::*;
 
 use super::conv2d_winograd::{Out, Tiles, stride};
-use super::conv2d_winograd_avx2::{MR, element_gemm, weight_gemm};
+use super::conv2d_winograd_avx2::{MR, element_gemm, weight_gemms};
 
 /// Tile elements (6 × 6).
 pub const ELEMENTS: usize = 36;
@@ -179,23 +179,11 @@ pub unsafe fn weight_block(
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let u = unsafe { scratch.add(ELEMENTS * vs) };
-    let per = s.c_out * s.c_in;
     unsafe {
         input_transform(s, p, first, rows, tiles, v, vs);
         output_grad_transform(s, dy, first, rows, tiles, u, us);
+        weight_gemms(s, ELEMENTS, tiles, (u, us), (v, vs), m, accumulate, par);
     }
-    // Plain addresses, so the elements can go to other threads: each writes its own `m_e`.
-    let (u, v, m) = (u as usize, v as usize, m as usize);
-    super::conv2d_stride1::for_each_part(ELEMENTS, par, |e| unsafe {
-        weight_gemm(
-            s,
-            tiles,
-            (u as *const f32).add(e * us),
-            (v as *const f32).add(e * vs),
-            (m as *mut f32).add(e * per),
-            accumulate,
-        )
-    });
 }
 
 /// F(3×3, 4×4)'s `conv2d_winograd::weight_gradient` constants, for `m` as [`weight_block`]

@@ -184,23 +184,11 @@ pub unsafe fn weight_block(
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let u = unsafe { scratch.add(ELEMENTS * vs) };
-    let per = s.c_out * s.c_in;
     unsafe {
         input_transform(s, p, first, rows, tiles, v, vs);
         output_grad_transform(s, dy, first, rows, tiles, u, us);
+        weight_gemms(s, ELEMENTS, tiles, (u, us), (v, vs), m, accumulate, par);
     }
-    // Plain addresses, so the elements can go to other threads: each writes its own `m_e`.
-    let (u, v, m) = (u as usize, v as usize, m as usize);
-    super::conv2d_stride1::for_each_part(ELEMENTS, par, |e| unsafe {
-        weight_gemm(
-            s,
-            tiles,
-            (u as *const f32).add(e * us),
-            (v as *const f32).add(e * vs),
-            (m as *mut f32).add(e * per),
-            accumulate,
-        )
-    });
 }
 
 /// Images whose weight gradients [`weight_images`] sums in one block: as many whole images as
@@ -246,7 +234,6 @@ pub unsafe fn weight_images(
     let v = scratch;
     let (vs, us) = (stride(s.c_in, tiles), stride(s.c_out, tiles));
     let u = unsafe { scratch.add(ELEMENTS * vs) };
-    let per = s.c_out * s.c_in;
     for (k, &(p, dy)) in images.iter().enumerate() {
         // Each image's tiles at its own offset in every channel's row of `tiles`.
         unsafe {
@@ -254,15 +241,37 @@ pub unsafe fn weight_images(
             output_grad_transform(s, dy, 0, rows, tiles, u.add(k * image), us);
         }
     }
+    unsafe { weight_gemms(s, ELEMENTS, tiles, (u, us), (v, vs), m, false, par) };
+}
+
+/// [`weight_gemm`] for each of `elements` tile elements (`U_e` at `u + e·us`, `V_e` at
+/// `v + e·vs`, `m_e` at `m + e·c_out·c_in`), in parallel when `par` says the caller is not
+/// already.
+///
+/// # Safety
+/// As [`weight_gemm`] for every element.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn weight_gemms(
+    s: Tiles,
+    elements: usize,
+    tiles: usize,
+    (u, us): (*const f32, usize),
+    (v, vs): (*const f32, usize),
+    m: *mut f32,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    let per = s.c_out * s.c_in;
+    // Plain addresses, so the elements can go to other threads: each writes its own `m_e`.
     let (u, v, m) = (u as usize, v as usize, m as usize);
-    super::conv2d_stride1::for_each_part(ELEMENTS, par, |e| unsafe {
+    super::conv2d_stride1::for_each_part(elements, par, |e| unsafe {
         weight_gemm(
             s,
             tiles,
             (u as *const f32).add(e * us),
             (v as *const f32).add(e * vs),
             (m as *mut f32).add(e * per),
-            false,
+            accumulate,
         )
     });
 }
