@@ -71,7 +71,7 @@ fn run() -> anyhow::Result<()> {
     let batch: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(8);
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let input: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
-    if input == 0 || input % 16 != 0 {
+    if input == 0 || !input.is_multiple_of(16) {
         anyhow::bail!(
             "input size {input}: the U-Net pools 4 times, so it must be a multiple of 16"
         );
