@@ -3,13 +3,15 @@
 //! list in PyTorch: `tools/pytorch_ops_bench.py`. Where a training step's non-convolution time
 //! goes, for comparison.
 //!
-//! `cargo bench -p site-agent --bench ops -- [REPEATS] [NAME]` (NAME: only the ops whose name
-//! contains it, e.g. for a profile of one)
+//! `cargo bench -p site-agent --bench ops -- [REPEATS] [NAME] [WIDTH]` (NAME: only the ops whose
+//! name contains it, e.g. for a profile of one; WIDTH: `avx512` (default), `avx2` or `baseline`,
+//! the widest vectors burn-flex's own kernels may use, to compare their versions on one CPU)
 
 use burn::nn::InstanceNormConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::tensor::activation::{leaky_relu, log_softmax, softmax};
 use burn::tensor::{Distribution, Tensor};
+use burn_flex::ops::wide::{VectorWidth, limit_vector_width};
 use fedseg_site::model::norm::instance_norm;
 use fedseg_site::train::{DeviceKind, device_for};
 
@@ -25,6 +27,12 @@ fn main() -> anyhow::Result<()> {
     let args = support::positional_args();
     let repeats: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let only = args.get(1).map(String::as_str).unwrap_or("");
+    limit_vector_width(match args.get(2).map(String::as_str) {
+        None | Some("avx512") => VectorWidth::Avx512,
+        Some("avx2") => VectorWidth::Avx2,
+        Some("baseline") => VectorWidth::Baseline,
+        Some(other) => anyhow::bail!("WIDTH is avx512, avx2 or baseline, not {other:?}"),
+    });
     let device = device_for(DeviceKind::Cpu)?.autodiff();
     let shape = [8, 16, 128, 128];
     let x: Tensor<4> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);

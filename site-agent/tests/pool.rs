@@ -1,10 +1,12 @@
 //! The CPU backend's 2D max pooling (ours where the windows tile the input: vendor/burn-flex
 //! max_pool2d_tiled.rs; upstream's for the rest) against a direct reference: values, the
-//! gradient (to the first maximum of each window), ties and NaN.
+//! gradient (to the first maximum of each window), ties and NaN, at each vector width the CPU
+//! has (the 2×2 case has AVX-512 and AVX2 versions).
 
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Tensor, TensorData};
+use burn_flex::ops::wide::{VectorWidth, limit_vector_width};
 use fedseg_site::train::{DeviceKind, device_for};
 
 mod common;
@@ -103,20 +105,29 @@ fn check(c: &Case) {
     assert_eq!(dx, want_dx, "dL/dx of {:?}", c.shape);
 }
 
-#[test]
-fn max_pooling_matches_a_direct_reference() {
-    let tiled = |shape, k: usize| Case {
+fn tiled(shape: [usize; 4], k: usize) -> Case {
+    Case {
         shape,
         kernel: [k, k],
         stride: [k, k],
         padding: [0, 0],
         ceil_mode: false,
-    };
-    // The U-Net's 2×2 pooling (rows of 3 windows, and of 18: a full vector of 16 and a tail);
-    // 3×3 windows with a leftover row and column (floor mode drops
-    // them); non-square windows.
+    }
+}
+
+/// The U-Net's 2×2 pooling with rows of 1 to 20 windows: every count of windows in a row's
+/// last vector of 8 (AVX2) or 16 (AVX-512), and rows of several vectors.
+fn check_2x2_rows() {
+    for windows in 1..=20 {
+        check(&tiled([1, 2, 6, 2 * windows], 2));
+    }
     check(&tiled([2, 3, 8, 6], 2));
-    check(&tiled([1, 2, 6, 36], 2));
+}
+
+#[test]
+fn max_pooling_matches_a_direct_reference() {
+    check_2x2_rows();
+    // 3×3 windows with a leftover row and column (floor mode drops them); non-square windows.
     check(&tiled([1, 2, 11, 7], 3));
     check(&Case {
         kernel: [2, 3],
@@ -136,13 +147,33 @@ fn max_pooling_matches_a_direct_reference() {
     });
 }
 
+/// The narrower versions, which a CPU with AVX-512 would otherwise never run. (The limit is
+/// process-wide, but every width gives the same results, so a test running beside this one
+/// cannot tell.)
+#[test]
+fn every_vector_width_pools_alike() {
+    for width in [VectorWidth::Avx2, VectorWidth::Baseline] {
+        limit_vector_width(width);
+        check_2x2_rows();
+        nan_wins(width);
+    }
+    limit_vector_width(VectorWidth::Avx512);
+}
+
 #[test]
 fn a_nan_in_a_window_is_its_maximum() {
+    nan_wins(VectorWidth::Avx512);
+}
+
+fn nan_wins(width: VectorWidth) {
     let device = device_for(DeviceKind::Cpu).unwrap();
     let mut xs = values(2 * 4 * 4, 2);
     xs[5] = f32::NAN; // row 1, column 1 of the first plane: window (0, 0)
     let x: Tensor<4> = Tensor::from_data(TensorData::new(xs.clone(), [2, 1, 4, 4]), &device);
     let y = to_vec(max_pool2d(x, MaxPoolOptions::new([2, 2])));
-    assert!(y[0].is_nan(), "window with a NaN: {}", y[0]);
-    assert!(y[1..].iter().all(|v| !v.is_nan()), "other windows: {y:?}");
+    assert!(y[0].is_nan(), "window with a NaN at {width:?}: {}", y[0]);
+    assert!(
+        y[1..].iter().all(|v| !v.is_nan()),
+        "other windows at {width:?}: {y:?}"
+    );
 }
