@@ -673,9 +673,10 @@ pub fn weight_backward(g: Geometry, x: FlexTensor, output_grad: FlexTensor) -> F
         let large = kernel == Kernel::Avx2Large;
         let m_len = kernel.elements() * g.c_out * g.c_in;
         // Small images (F(2×2)) go several to a block, summed over all their tiles at once.
-        let group = match large {
-            true => 1,
-            false => super::conv2d_winograd_avx2::images_per_weight_block(&tiles(&g), g.batch),
+        let group = if large {
+            1
+        } else {
+            super::conv2d_winograd_avx2::images_per_weight_block(&tiles(&g), g.batch)
         };
         let fill = |i: usize, m: Slot<'_>, par: gemm::Parallelism| {
             if group > 1 {

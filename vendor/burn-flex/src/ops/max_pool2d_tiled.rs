@@ -258,7 +258,7 @@ unsafe fn pool_2x2_avx2(src: &[f32], h: usize, w: usize, o: &mut [f32], ix: &mut
             let m = mask(n);
             unsafe {
                 _mm256_maskstore_ps(o.as_mut_ptr().add(oy * ow + ox), m, best);
-                let dst = ix.as_mut_ptr().add(oy * ow + ox).cast::<i64>();
+                let dst = ix.as_mut_ptr().add(oy * ow + ox);
                 let wide = |half: __m128i| _mm256_cvtepi32_epi64(half);
                 let (m_low, m_high) = (
                     wide(_mm256_castsi256_si128(m)),
